@@ -1,0 +1,11 @@
+//! gatehouse: a Layer-4/7 ingress router for Kubernetes and OpenShift that
+//! compiles Routes, Ingresses, Services and EndpointSlices into one immutable
+//! routing table and swaps it in atomically, never reloading.
+//!
+//! Data flows one way: [`source`] → [`model`] (admission) → [`compile`] →
+//! [`table`] → [`proxy`]. See DESIGN.md.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod model;

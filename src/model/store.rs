@@ -1,0 +1,177 @@
+//! The desired state: every object a source has, keyed by namespace/name.
+//!
+//! Objects are `Arc`ed so a source can rebuild the store cheaply and the
+//! compiler can tell what changed by pointer (unchanged objects keep their
+//! `Arc`).
+
+use super::objects::*;
+use super::parse::Object;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// `(namespace, name)`; cluster-scoped kinds use an empty namespace.
+pub type Key = (String, String);
+
+pub type Kind<T> = BTreeMap<Key, Arc<T>>;
+
+/// All objects of the kinds gatehouse reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Objects {
+    pub routes: Kind<Route>,
+    pub services: Kind<Service>,
+    pub endpoints: Kind<Endpoints>,
+    pub endpoint_slices: Kind<EndpointSlice>,
+    pub ingresses: Kind<Ingress>,
+    pub ingress_classes: Kind<IngressClass>,
+    pub namespaces: Kind<Namespace>,
+    pub secrets: Kind<Secret>,
+}
+
+/// What differs between two stores, as far as compiling cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    None,
+    /// Only Endpoints/EndpointSlices changed, for these services.
+    EndpointsOnly(BTreeSet<Key>),
+    /// Anything else: routes, services, ingresses, namespaces, secrets.
+    Full,
+}
+
+impl Objects {
+    /// Insert an object; returns the previous one of the same kind and key.
+    pub fn insert(&mut self, obj: Object) -> bool {
+        fn put<T>(m: &mut Kind<T>, key: Key, v: T) -> bool {
+            m.insert(key, Arc::new(v)).is_some()
+        }
+        let m = obj.meta();
+        let cluster_scoped = matches!(obj, Object::Namespace(_) | Object::IngressClass(_));
+        let key = (
+            if cluster_scoped {
+                String::new()
+            } else {
+                m.ns().to_owned()
+            },
+            m.name.clone(),
+        );
+        match obj {
+            Object::Route(o) => put(&mut self.routes, key, o),
+            Object::Service(o) => put(&mut self.services, key, o),
+            Object::Endpoints(o) => put(&mut self.endpoints, key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Object::Ingress(o) => put(&mut self.ingresses, key, o),
+            Object::IngressClass(o) => put(&mut self.ingress_classes, key, o),
+            Object::Namespace(o) => put(&mut self.namespaces, key, o),
+            Object::Secret(o) => put(&mut self.secrets, key, o),
+        }
+    }
+
+    /// Look up by namespace and name without building a key per call site.
+    pub fn get<'a, T>(m: &'a Kind<T>, ns: &str, name: &str) -> Option<&'a Arc<T>> {
+        m.get(&(ns.to_owned(), name.to_owned()))
+    }
+
+    /// Number of objects of all kinds.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+            + self.services.len()
+            + self.endpoints.len()
+            + self.endpoint_slices.len()
+            + self.ingresses.len()
+            + self.ingress_classes.len()
+            + self.namespaces.len()
+            + self.secrets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What changed from `old` to `self`. Cheap when objects are shared:
+    /// `Arc<T: Eq>` compares by pointer first.
+    pub fn change_from(&self, old: &Objects) -> Change {
+        if self.routes != old.routes
+            || self.services != old.services
+            || self.ingresses != old.ingresses
+            || self.ingress_classes != old.ingress_classes
+            || self.namespaces != old.namespaces
+            || self.secrets != old.secrets
+        {
+            return Change::Full;
+        }
+        let mut services = BTreeSet::new();
+        diff_keys(&self.endpoints, &old.endpoints, |k| {
+            services.insert(k.clone());
+        });
+        let slice_service = |m: &Kind<EndpointSlice>, k: &Key| {
+            m.get(k)
+                .and_then(|s| s.service_name().map(|n| (k.0.clone(), n.to_owned())))
+        };
+        diff_keys(&self.endpoint_slices, &old.endpoint_slices, |k| {
+            services.extend(slice_service(&self.endpoint_slices, k));
+            services.extend(slice_service(&old.endpoint_slices, k));
+        });
+        if services.is_empty() {
+            Change::None
+        } else {
+            Change::EndpointsOnly(services)
+        }
+    }
+}
+
+/// Calls `f` for every key present in one map only or with differing values.
+fn diff_keys<T: PartialEq>(a: &Kind<T>, b: &Kind<T>, mut f: impl FnMut(&Key)) {
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            f(k);
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            f(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse::parse_text;
+
+    fn store(text: &str) -> Objects {
+        let (objs, errs) = parse_text(text, false);
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut s = Objects::default();
+        for o in objs {
+            s.insert(o);
+        }
+        s
+    }
+
+    #[test]
+    fn endpoint_only_changes_are_told_apart() {
+        let base = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n---\n";
+        let a = store(&format!("{base}apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web}}\nsubsets: [{{addresses: [{{ip: 10.0.0.1}}], ports: [{{port: 80}}]}}]\n"));
+        let b = store(&format!("{base}apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web}}\nsubsets: [{{addresses: [{{ip: 10.0.0.2}}], ports: [{{port: 80}}]}}]\n"));
+        assert_eq!(a.change_from(&a.clone()), Change::None);
+        let Change::EndpointsOnly(s) = b.change_from(&a) else {
+            panic!()
+        };
+        assert_eq!(
+            s.into_iter().collect::<Vec<_>>(),
+            vec![("default".into(), "web".into())]
+        );
+        let c = store(base);
+        assert!(matches!(c.change_from(&a), Change::EndpointsOnly(_)));
+        let d = store("apiVersion: v1\nkind: Service\nmetadata: {name: web2}\n");
+        assert_eq!(d.change_from(&c), Change::Full);
+    }
+
+    #[test]
+    fn slices_map_to_their_service() {
+        let a = store("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-abc, namespace: n, labels: {kubernetes.io/service-name: web}}\nendpoints: []\n");
+        let Change::EndpointsOnly(s) = a.change_from(&Objects::default()) else {
+            panic!()
+        };
+        assert!(s.contains(&("n".to_owned(), "web".to_owned())));
+    }
+}
