@@ -8,4 +8,6 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod compile;
 pub mod model;
+pub mod table;

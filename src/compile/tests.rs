@@ -1,0 +1,215 @@
+use super::*;
+use crate::model::parse::parse_text;
+use crate::table::{Endpoint, UpstreamProtocol};
+
+fn objs(text: &str) -> Objects {
+    let (o, e) = parse_text(text, false);
+    assert!(e.is_empty(), "{e:?}");
+    let mut s = Objects::default();
+    for x in o {
+        s.insert(x);
+    }
+    s
+}
+
+const SVC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: grpc, port: 9000, targetPort: 9000, appProtocol: kubernetes.io/h2c}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web}
+subsets:
+- addresses: [{ip: 10.0.0.1}, {ip: 10.0.0.2}]
+  notReadyAddresses: [{ip: 10.0.0.9}]
+  ports: [{name: http, port: 8080}, {name: grpc, port: 9000}]
+"#;
+
+fn route(name: &str, host: &str, path: &str, port: &str) -> String {
+    format!(
+        "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: {name}}}\nspec:\n  host: {host}\n  path: {path:?}\n  to: {{kind: Service, name: web}}\n{port}\n"
+    )
+}
+
+fn eps(t: &RoutingTable, host: &str, path: &str) -> Vec<String> {
+    let r = t.lookup(host, path).expect("a route");
+    r.backends
+        .groups
+        .iter()
+        .flat_map(|g| g.endpoints.iter().map(|e| e.to_string()))
+        .collect()
+}
+
+#[test]
+fn target_port_by_name_and_number_ready_only() {
+    let o = objs(&format!(
+        "{SVC}{}{}{}{}",
+        route("byname", "a.example.com", "", "  port: {targetPort: http}"),
+        route("bynum", "b.example.com", "", "  port: {targetPort: 8080}"),
+        route("bysvcport", "c.example.com", "", "  port: {targetPort: 80}"),
+        route("all", "d.example.com", "", ""),
+    ));
+    let c = compile(&o, &CompileConfig::default(), 1);
+    let t = &c.table;
+    t.check_invariants();
+    assert_eq!(
+        eps(t, "a.example.com", "/"),
+        ["10.0.0.1:8080", "10.0.0.2:8080"]
+    );
+    assert_eq!(
+        eps(t, "B.EXAMPLE.COM:80", "/x"),
+        ["10.0.0.1:8080", "10.0.0.2:8080"]
+    );
+    assert_eq!(
+        eps(t, "c.example.com", "/"),
+        ["10.0.0.1:8080", "10.0.0.2:8080"]
+    );
+    assert_eq!(eps(t, "d.example.com", "/").len(), 4);
+    assert!(t.lookup("unknown.example.com", "/").is_none());
+}
+
+#[test]
+fn h2c_app_protocol() {
+    let o = objs(&format!(
+        "{SVC}{}",
+        route("g", "g.example.com", "", "  port: {targetPort: grpc}")
+    ));
+    let t = compile(&o, &CompileConfig::default(), 1).table;
+    let r = t.lookup("g.example.com", "/").unwrap();
+    assert_eq!(r.backends.groups[0].protocol, UpstreamProtocol::H2c);
+}
+
+#[test]
+fn longest_path_first_on_segment_boundaries() {
+    let o = objs(&format!(
+        "{SVC}{}{}{}",
+        route("root", "h.example.com", "/", ""),
+        route("sub", "h.example.com", "/sub", ""),
+        route("subx", "h.example.com", "/sub/x", ""),
+    ));
+    let t = compile(&o, &CompileConfig::default(), 1).table;
+    t.check_invariants();
+    let name = |p: &str| t.lookup("h.example.com", p).unwrap().name.to_string();
+    assert_eq!(name("/sub/x/y"), "subx");
+    assert_eq!(name("/sub/xy"), "sub");
+    assert_eq!(name("/sub"), "sub");
+    assert_eq!(name("/subpar"), "root");
+    assert_eq!(name("/"), "root");
+}
+
+#[test]
+fn slices_win_over_endpoints_and_not_ready_is_skipped() {
+    let o = objs(&format!(
+        "{SVC}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints:\n- {{addresses: [10.1.0.1], conditions: {{ready: true}}}}\n- {{addresses: [10.1.0.2], conditions: {{ready: false}}}}\n- {{addresses: [10.1.0.3]}}\nports: [{{name: http, port: 8080}}]\n{}",
+        route("r", "s.example.com", "", "  port: {targetPort: http}")
+    ));
+    let t = compile(&o, &CompileConfig::default(), 1).table;
+    assert_eq!(
+        eps(&t, "s.example.com", "/"),
+        ["10.1.0.1:8080", "10.1.0.3:8080"]
+    );
+}
+
+#[test]
+fn external_name_resolves_by_dns_later() {
+    let o = objs(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{type: ExternalName, externalName: db.example.org., ports: [{{port: 5432}}]}}\n{}",
+        route("r", "x.example.com", "", "")
+    ));
+    let t = compile(&o, &CompileConfig::default(), 1).table;
+    let r = t.lookup("x.example.com", "/").unwrap();
+    assert_eq!(
+        r.backends.groups[0].endpoints[0],
+        Endpoint::Dns {
+            host: "db.example.org".into(),
+            port: 5432
+        }
+    );
+}
+
+#[test]
+fn missing_service_is_reported_and_serves_nothing() {
+    let o = objs(&route("r", "m.example.com", "", ""));
+    let c = compile(&o, &CompileConfig::default(), 1);
+    let s = &c.table.statuses[0];
+    assert!(!s.admitted);
+    assert_eq!(s.reason, Some(Reason::ServiceNotFound));
+    assert!(c
+        .table
+        .lookup("m.example.com", "/")
+        .unwrap()
+        .backends
+        .is_empty());
+    assert!(c.diagnostics.iter().any(|d| d.object == "Route default/r"));
+}
+
+#[test]
+fn bad_annotations_are_ignored_with_a_diagnostic() {
+    let o = objs(&format!(
+        "{SVC}---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata:\n  name: r\n  annotations:\n    haproxy.router.openshift.io/timeout: 1d12h\n    haproxy.router.openshift.io/set-forwarded-headers: sometimes\n    haproxy.router.openshift.io/timeout-tunnel: 5m\nspec: {{host: t.example.com, to: {{name: web}}}}\n"
+    ));
+    let c = compile(&o, &CompileConfig::default(), 1);
+    let r = c.table.lookup("t.example.com", "/").unwrap();
+    assert_eq!(r.settings.timeout, CompileConfig::default().default_timeout);
+    assert_eq!(r.settings.tunnel_timeout, Duration::from_secs(300));
+    assert_eq!(r.settings.forwarded, ForwardedPolicy::Append);
+    assert_eq!(c.diagnostics.len(), 2, "{:?}", c.diagnostics);
+}
+
+#[test]
+fn endpoint_update_matches_a_full_compile_and_shares_the_rest() {
+    let base = format!(
+        "{SVC}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: o}}\nspec: {{host: o.example.com, to: {{name: other}}}}\n",
+        route("r", "u.example.com", "", "  port: {targetPort: http}")
+    );
+    let a = objs(&base);
+    let b = objs(&base.replace("10.0.0.2", "10.0.0.3"));
+    let cfg = CompileConfig::default();
+    let t1 = compile(&a, &cfg, 1).table;
+    let crate::model::store::Change::EndpointsOnly(svcs) = b.change_from(&a) else {
+        panic!()
+    };
+    let t2 = update_endpoints(&t1, &b, &svcs, 2).table;
+    let full = compile(&b, &cfg, 2).table;
+    assert_eq!(
+        eps(&t2, "u.example.com", "/"),
+        eps(&full, "u.example.com", "/")
+    );
+    assert_eq!(
+        eps(&t2, "u.example.com", "/"),
+        ["10.0.0.1:8080", "10.0.0.3:8080"]
+    );
+    // The untouched host is the very same allocation.
+    assert!(Arc::ptr_eq(
+        &t1.exact["o.example.com"],
+        &t2.exact["o.example.com"]
+    ));
+    assert_eq!(t2.generation, 2);
+}
+
+#[test]
+fn wildcard_lookup_after_exact() {
+    let o = objs(&format!(
+        "{SVC}---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: w}}\nspec: {{host: www.example.com, wildcardPolicy: Subdomain, to: {{name: web}}}}\n{}",
+        route("e", "api.example.com", "/v1", "")
+    ));
+    let cfg = CompileConfig {
+        admission: AdmissionPolicy {
+            allow_wildcard_routes: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let t = compile(&o, &cfg, 1).table;
+    let name = |h: &str, p: &str| t.lookup(h, p).map(|r| r.name.to_string());
+    assert_eq!(name("anything.example.com", "/").as_deref(), Some("w"));
+    assert_eq!(name("api.example.com", "/v1/x").as_deref(), Some("e"));
+    assert_eq!(name("api.example.com", "/v2").as_deref(), Some("w"));
+    assert_eq!(name("a.b.example.com", "/"), None);
+    assert_eq!(name("example.com", "/"), None);
+}

@@ -1,0 +1,188 @@
+//! The routing table: one immutable value per generation, published with
+//! `ArcSwap` so the data path reads it with one atomic load and never waits
+//! for a writer.
+//!
+//! Owns lookup (host, then path on segment boundaries). Must not know where
+//! objects come from or how they were admitted: that is `model`/`compile`.
+
+mod lookup;
+mod store;
+
+pub use lookup::{path_matches, precedence as path_precedence};
+pub use store::TableStore;
+
+use crate::model::admission::{InsecurePolicy, RouteStatus, Termination};
+use crate::model::Key;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the data path needs to route, for one generation.
+#[derive(Debug, Default, Clone)]
+pub struct RoutingTable {
+    pub generation: u64,
+    pub(crate) exact: HashMap<Arc<str>, Arc<HostRoutes>>,
+    /// Keyed by the domain a `Subdomain` route covers (`example.com` for
+    /// `*.example.com`).
+    pub(crate) wildcard: HashMap<Arc<str>, Arc<HostRoutes>>,
+    /// One row per candidate route, admitted or not, for `/api/routes`.
+    pub statuses: Arc<Vec<RouteStatus>>,
+    /// service → the host entries whose routes send to it, so an
+    /// endpoint-only change rebuilds just those.
+    pub(crate) by_service: Arc<HashMap<Key, Vec<HostRef>>>,
+}
+
+/// Points at one entry of `exact` or `wildcard`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum HostRef {
+    Exact(Arc<str>),
+    Wildcard(Arc<str>),
+}
+
+/// The routes of one host, most specific path first.
+#[derive(Debug, Default)]
+pub struct HostRoutes {
+    pub routes: Box<[Arc<RouteEntry>]>,
+}
+
+/// One admitted route, ready to serve.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub host: Arc<str>,
+    /// "" for no path.
+    pub path: Box<str>,
+    pub path_exact: bool,
+    pub termination: Option<Termination>,
+    pub insecure: InsecurePolicy,
+    pub settings: Arc<RouteSettings>,
+    /// What the route sends to, as written (kept to re-resolve endpoints).
+    pub targets: Arc<[Target]>,
+    pub backends: Arc<BackendSet>,
+}
+
+/// Per-route behaviour from annotations, with router defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// `haproxy.router.openshift.io/timeout`: the server timeout.
+    pub timeout: Duration,
+    /// `haproxy.router.openshift.io/timeout-tunnel`: WebSocket / upgraded.
+    pub tunnel_timeout: Duration,
+    pub forwarded: ForwardedPolicy,
+}
+
+/// `haproxy.router.openshift.io/set-forwarded-headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedPolicy {
+    #[default]
+    Append,
+    Replace,
+    IfNone,
+    Never,
+}
+
+impl ForwardedPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "append" => Self::Append,
+            "replace" => Self::Replace,
+            "if-none" => Self::IfNone,
+            "never" => Self::Never,
+            _ => return None,
+        })
+    }
+}
+
+/// One `spec.to` / `alternateBackends` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub service: Key,
+    pub weight: u32,
+    pub port: Option<crate::model::IntOrString>,
+}
+
+/// The endpoints a route may send to, grouped by service.
+#[derive(Debug, Default)]
+pub struct BackendSet {
+    pub groups: Box<[BackendGroup]>,
+}
+
+impl BackendSet {
+    /// True when no endpoint can take traffic (none ready, or all weights 0).
+    pub fn is_empty(&self) -> bool {
+        self.groups
+            .iter()
+            .all(|g| g.weight == 0 || g.endpoints.is_empty())
+    }
+}
+
+/// The ready endpoints of one service for one route.
+#[derive(Debug)]
+pub struct BackendGroup {
+    pub service: Key,
+    pub weight: u32,
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Box<[Endpoint]>,
+}
+
+/// How to speak to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 cleartext (Service port `appProtocol: h2c`), for gRPC.
+    H2c,
+}
+
+/// Where an endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    Socket(SocketAddr),
+    /// An `ExternalName` service: resolved by DNS when connecting.
+    Dns {
+        host: Arc<str>,
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Socket(a) => write!(f, "{a}"),
+            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl RoutingTable {
+    /// Number of hosts with at least one route.
+    pub fn host_count(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    /// Every admitted route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteEntry>> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .flat_map(|h| h.routes.iter())
+    }
+
+    /// Asserts the table's invariants; tests and debug builds call it.
+    pub fn check_invariants(&self) {
+        for h in self.exact.values().chain(self.wildcard.values()) {
+            assert!(!h.routes.is_empty(), "empty host entry");
+            for w in h.routes.windows(2) {
+                assert!(
+                    lookup::precedence(&w[0]) <= lookup::precedence(&w[1]),
+                    "routes out of order: {} before {}",
+                    w[0].path,
+                    w[1].path
+                );
+            }
+        }
+    }
+}
