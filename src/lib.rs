@@ -9,5 +9,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod compile;
+pub mod config;
 pub mod model;
+pub mod source;
 pub mod table;

@@ -1,0 +1,188 @@
+//! The router's own configuration file (YAML). Command-line flags override
+//! it; every field has a default so an empty file is valid.
+
+use crate::compile::CompileConfig;
+use crate::model::admission::AdmissionPolicy;
+use crate::model::duration;
+use crate::table::ForwardedPolicy;
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `gatehouse run` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Plain HTTP listener (HAProxy's :80).
+    pub http: Option<SocketAddr>,
+    /// TLS listener (HAProxy's :443); TLS arrives with the TLS issue.
+    pub https: Option<SocketAddr>,
+    /// Admin listener: health, routes API, metrics, dashboard.
+    pub admin: Option<SocketAddr>,
+    pub router_name: String,
+    /// Manifests directory (relative to the config file).
+    pub manifests: Option<PathBuf>,
+    /// ROUTER_ALLOW_WILDCARD_ROUTES.
+    pub allow_wildcard_routes: bool,
+    /// ROUTER_SUBDOMAIN: host template for routes without one.
+    pub route_subdomain: Option<String>,
+    pub denied_domains: Vec<String>,
+    pub allowed_domains: Vec<String>,
+    /// Default for `haproxy.router.openshift.io/set-forwarded-headers`.
+    pub forwarded_headers: ForwardedPolicy,
+    pub timeouts: Timeouts,
+    pub access_log: AccessLogMode,
+    pub admin_token_file: Option<PathBuf>,
+    /// Tokio worker threads (default: one per core).
+    pub worker_threads: Option<usize>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            https: None,
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 1936))),
+            router_name: "default".into(),
+            manifests: None,
+            allow_wildcard_routes: false,
+            route_subdomain: None,
+            denied_domains: Vec::new(),
+            allowed_domains: Vec::new(),
+            forwarded_headers: ForwardedPolicy::Append,
+            timeouts: Timeouts::default(),
+            access_log: AccessLogMode::Json,
+            admin_token_file: None,
+            worker_threads: None,
+        }
+    }
+}
+
+/// Access log destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    /// One JSON line per request on stdout.
+    Json,
+    Off,
+}
+
+/// The HAProxy timeouts the OpenShift router sets, same defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(deserialize_with = "de_duration")]
+    pub connect: Duration,
+    /// Waiting for the upstream's response (route annotation overrides).
+    #[serde(deserialize_with = "de_duration")]
+    pub server: Duration,
+    /// Reading the request headers (slowloris guard).
+    #[serde(deserialize_with = "de_duration")]
+    pub http_request: Duration,
+    /// Idle upgraded connections (WebSocket).
+    #[serde(deserialize_with = "de_duration")]
+    pub tunnel: Duration,
+    /// Idle pooled upstream connections.
+    #[serde(deserialize_with = "de_duration")]
+    pub upstream_idle: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    #[serde(deserialize_with = "de_duration")]
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            server: Duration::from_secs(30),
+            http_request: Duration::from_secs(10),
+            tunnel: Duration::from_secs(3600),
+            upstream_idle: Duration::from_secs(90),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    duration::parse(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("{s:?} is not a duration like 30s, 500ms or 2m"))
+    })
+}
+
+/// Why a config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+}
+
+impl RouterConfig {
+    /// Load a YAML file; relative paths in it are taken from its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: RouterConfig = if text.trim().is_empty() {
+            RouterConfig::default()
+        } else {
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.manifests, &mut cfg.admin_token_file]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// What compile needs from this.
+    pub fn compile_config(&self) -> CompileConfig {
+        CompileConfig {
+            admission: AdmissionPolicy {
+                allow_wildcard_routes: self.allow_wildcard_routes,
+                route_subdomain: self.route_subdomain.clone(),
+                denied_domains: self.denied_domains.clone(),
+                allowed_domains: self.allowed_domains.clone(),
+            },
+            default_timeout: self.timeouts.server,
+            default_tunnel_timeout: self.timeouts.tunnel,
+            forwarded: self.forwarded_headers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_fields() {
+        let cfg: RouterConfig = serde_yaml::from_str(
+            "http: 127.0.0.1:80\nallow_wildcard_routes: true\nforwarded_headers: if-none\ntimeouts: {server: 2m, drain: 5s}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.timeouts.server, Duration::from_secs(120));
+        assert_eq!(cfg.timeouts.connect, Duration::from_secs(5));
+        assert_eq!(cfg.forwarded_headers, ForwardedPolicy::IfNone);
+        assert!(serde_yaml::from_str::<RouterConfig>("htp: 1").is_err());
+        assert!(serde_yaml::from_str::<RouterConfig>("timeouts: {server: 1d12h}").is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! The manifests source: a directory of YAML/JSON files is the cluster.
+//!
+//! Every `*.yaml`, `*.yml`, `*.json` below the directory (hidden entries
+//! skipped, symlinks followed so ConfigMap mounts work) is parsed; only files
+//! whose size or mtime changed are parsed again. Changes are seen through
+//! inotify (notify) with a slow poll as a backstop.
+
+use crate::model::parse::{parse_text, DocError};
+use crate::model::Objects;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// A problem with one file (or the directory itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: (SystemTime, u64),
+    objects: Objects,
+    errors: Vec<DocError>,
+}
+
+/// The parsed contents of a manifests directory.
+#[derive(Debug)]
+pub struct ManifestsDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    dir_error: Option<String>,
+}
+
+impl ManifestsDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ManifestsDir {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            dir_error: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-read what changed on disk. Returns true when anything changed;
+    /// problems in newly read files are logged here, once per change.
+    pub fn scan(&mut self) -> bool {
+        let mut found = Vec::new();
+        let dir_error = match walk(&self.dir, &mut found, 0) {
+            Ok(()) => None,
+            Err(e) => Some(e),
+        };
+        let mut changed = false;
+        if dir_error != self.dir_error {
+            if let Some(e) = &dir_error {
+                warn!(dir = %self.dir.display(), error = %e, "manifests directory unreadable; keeping what was loaded");
+            }
+            self.dir_error = dir_error.clone();
+        }
+        if dir_error.is_some() && found.is_empty() {
+            // Directory gone or unreadable: keep serving the last good state.
+            return false;
+        }
+        let before = self.files.len();
+        self.files.retain(|p, _| found.iter().any(|(f, _)| f == p));
+        changed |= self.files.len() != before;
+        for (path, stamp) in found {
+            if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            changed = true;
+            let state = read_file(&path, stamp);
+            for e in &state.errors {
+                warn!(file = %path.display(), object = e.object.as_deref().unwrap_or(""), error = %e.reason, document = e.doc, "manifest not loaded");
+            }
+            self.files.insert(path, state);
+        }
+        changed
+    }
+
+    /// Every object of every file; a later file wins on a duplicate key.
+    pub fn objects(&self) -> Objects {
+        let mut all = Objects::default();
+        for f in self.files.values() {
+            let o = &f.objects;
+            merge(&mut all.routes, &o.routes);
+            merge(&mut all.services, &o.services);
+            merge(&mut all.endpoints, &o.endpoints);
+            merge(&mut all.endpoint_slices, &o.endpoint_slices);
+            merge(&mut all.ingresses, &o.ingresses);
+            merge(&mut all.ingress_classes, &o.ingress_classes);
+            merge(&mut all.namespaces, &o.namespaces);
+            merge(&mut all.secrets, &o.secrets);
+        }
+        all
+    }
+
+    /// Every problem currently present: unreadable directory, bad files and
+    /// documents.
+    pub fn errors(&self) -> Vec<FileError> {
+        let mut out: Vec<FileError> = self
+            .dir_error
+            .iter()
+            .map(|e| FileError {
+                path: self.dir.clone(),
+                message: e.clone(),
+            })
+            .collect();
+        for (p, f) in &self.files {
+            out.extend(f.errors.iter().map(|e| FileError {
+                path: p.clone(),
+                message: e.to_string(),
+            }));
+        }
+        out
+    }
+}
+
+fn merge<T>(into: &mut crate::model::store::Kind<T>, from: &crate::model::store::Kind<T>) {
+    into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+const MAX_DEPTH: usize = 16;
+
+fn walk(
+    dir: &Path,
+    out: &mut Vec<(PathBuf, (SystemTime, u64))>,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("{} is nested too deep", dir.display()));
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut first_err = None;
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue; // editor swap files, ConfigMap ..data
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Err(e) = walk(&path, out, depth + 1) {
+                first_err.get_or_insert(e);
+            }
+        } else if meta.is_file()
+            && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+        {
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((path, (mtime, meta.len())));
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Files larger than this are refused: a manifest is not a data dump.
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+fn read_file(path: &Path, stamp: (SystemTime, u64)) -> FileState {
+    let fail = |reason: String| FileState {
+        stamp,
+        objects: Objects::default(),
+        errors: vec![DocError {
+            doc: 0,
+            object: None,
+            reason,
+        }],
+    };
+    if stamp.1 > MAX_FILE_BYTES {
+        return fail(format!("file is larger than {MAX_FILE_BYTES} bytes"));
+    }
+    let text = match std::fs::read(path) {
+        Ok(b) => match String::from_utf8(b) {
+            Ok(t) => t,
+            Err(_) => return fail("not UTF-8".into()),
+        },
+        Err(e) => return fail(e.to_string()),
+    };
+    let json = path.extension().is_some_and(|e| e == "json");
+    let (objs, errors) = parse_text(&text, json);
+    let mut objects = Objects::default();
+    for o in objs {
+        objects.insert(o);
+    }
+    FileState {
+        stamp,
+        objects,
+        errors,
+    }
+}
+
+/// How often the directory is rescanned even without an inotify event.
+const POLL: Duration = Duration::from_secs(2);
+/// Events closer together than this are one change (editors write twice).
+const SETTLE: Duration = Duration::from_millis(30);
+
+/// Watch `dir` on a dedicated thread and publish a snapshot on every change.
+/// The first snapshot is published before this returns.
+pub fn spawn_watch(mut manifests: ManifestsDir) -> watch::Receiver<Arc<Objects>> {
+    manifests.scan();
+    let objects = manifests.objects();
+    info!(dir = %manifests.dir().display(), objects = objects.len(), "manifests loaded");
+    let (tx, rx) = watch::channel(Arc::new(objects));
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = {
+        use notify::Watcher;
+        let ev_tx = ev_tx.clone();
+        let w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = ev_tx.send(());
+        });
+        match w {
+            Ok(mut w) => match w.watch(manifests.dir(), notify::RecursiveMode::Recursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    warn!(error = %e, "cannot watch manifests directory; polling every {}s", POLL.as_secs());
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "no file watcher; polling");
+                None
+            }
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("manifests-watch".into())
+        .spawn(move || {
+            let _watcher = watcher; // dropping it stops the events
+            loop {
+                match ev_rx.recv_timeout(POLL) {
+                    Ok(()) => {
+                        std::thread::sleep(SETTLE);
+                        while ev_rx.try_recv().is_ok() {}
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                if manifests.scan() {
+                    let objects = manifests.objects();
+                    info!(objects = objects.len(), "manifests changed");
+                    if tx.send(Arc::new(objects)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the manifests watcher thread; changes will not be seen");
+    }
+    drop(ev_tx);
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reparses_only_changed_files_and_drops_deleted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n";
+        std::fs::write(dir.path().join("a.yaml"), svc).unwrap();
+        std::fs::write(dir.path().join("b.yml"), "not: [valid").unwrap();
+        std::fs::write(
+            dir.path().join(".swap.yaml"),
+            svc.replace("name: a", "name: hidden"),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(
+            dir.path().join("sub/c.json"),
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"c"}}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let mut m = ManifestsDir::new(dir.path());
+        assert!(m.scan());
+        let o = m.objects();
+        assert_eq!(o.services.len(), 2, "{o:?}");
+        assert_eq!(m.errors().len(), 1);
+        assert!(!m.scan(), "nothing changed");
+        let before = m.objects();
+        std::fs::remove_file(dir.path().join("sub/c.json")).unwrap();
+        assert!(m.scan());
+        assert_eq!(m.objects().services.len(), 1);
+        // Unchanged files keep their objects' identity.
+        let a = ("default".to_owned(), "a".to_owned());
+        assert!(Arc::ptr_eq(&before.services[&a], &m.objects().services[&a]));
+    }
+
+    #[test]
+    fn missing_directory_is_an_error_not_a_panic() {
+        let mut m = ManifestsDir::new("/nonexistent/gatehouse");
+        assert!(!m.scan());
+        assert_eq!(m.errors().len(), 1);
+    }
+}

@@ -1,0 +1,5 @@
+//! Where desired objects come from. A source publishes complete `Objects`
+//! snapshots on a watch channel; it never compiles and never touches the
+//! data path.
+
+pub mod manifests;
