@@ -229,6 +229,9 @@ fn bench_compile(c: &mut Criterion) {
             update_endpoints(&table, &next, &s, 2)
         })
     });
+    g.bench_function("change_from/10k", |b| {
+        b.iter(|| black_box(&next).change_from(black_box(&objs)))
+    });
     g.bench_function("update_endpoints_only/10k", |b| {
         b.iter(|| update_endpoints(black_box(&table), &next, black_box(&services), 2))
     });

@@ -8,8 +8,16 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
+pub mod app;
+pub mod app_signal;
+pub mod balance;
 pub mod compile;
 pub mod config;
+pub mod demo;
 pub mod model;
+pub mod pool;
+pub mod proxy;
 pub mod source;
 pub mod table;
+pub mod telemetry;

@@ -1,1 +1,267 @@
-fn main() {}
+//! The `gatehouse` command line.
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gatehouse::config::{AccessLogMode, RouterConfig};
+use gatehouse::source::manifests::ManifestsDir;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An ingress router for Kubernetes and OpenShift that never reloads"
+)]
+struct Cli {
+    /// Operational log format on stderr (the access log is always JSON).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the edge router (or a shard, with selectors).
+    Run(RunArgs),
+    /// Run the egress gateway.
+    Egress(EgressArgs),
+    /// Validate config and manifests; list what would be admitted.
+    Check(CheckArgs),
+    /// A working router with bundled upstreams, for a first look.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Router config file (YAML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory of manifests (Routes, Services, Endpoints, …), watched.
+    #[arg(long, conflicts_with = "kube")]
+    manifests: Option<PathBuf>,
+    /// Read objects from the Kubernetes API server.
+    #[arg(long)]
+    kube: bool,
+    /// Plain HTTP listener, e.g. 0.0.0.0:80.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// TLS listener, e.g. 0.0.0.0:443.
+    #[arg(long)]
+    https: Option<SocketAddr>,
+    /// Admin listener (health, /api/routes, /metrics, dashboard).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    #[arg(long, env = "ROUTER_SERVICE_NAME")]
+    router_name: Option<String>,
+    /// Serve only routes matching this label selector.
+    #[arg(long, env = "ROUTE_LABELS")]
+    route_selector: Option<String>,
+    /// Serve only routes in namespaces matching this label selector.
+    #[arg(long, env = "NAMESPACE_LABELS")]
+    namespace_selector: Option<String>,
+    /// Access log on stdout.
+    #[arg(long, value_enum)]
+    access_log: Option<AccessLogMode>,
+    /// Bearer token file for the admin API.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Admit `wildcardPolicy: Subdomain` routes.
+    #[arg(long, env = "ROUTER_ALLOW_WILDCARD_ROUTES")]
+    allow_wildcard_routes: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+struct EgressArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, env = "EGRESS_DESTINATION")]
+    destinations: Option<String>,
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long, env = "EGRESS_SOURCE")]
+    source: Option<String>,
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    gatehouse::telemetry::init_logging(matches!(cli.log_format, LogFormat::Json));
+    let result = match cli.cmd {
+        Cmd::Run(a) => load_run_config(a).and_then(|cfg| {
+            runtime(cfg.worker_threads)?.block_on(async move {
+                let running = gatehouse::app::start(cfg).await?;
+                gatehouse::app_signal::wait().await;
+                tracing::info!("signal received; draining");
+                running.shutdown().await;
+                tracing::info!("stopped");
+                Ok(())
+            })
+        }),
+        Cmd::Demo(a) => {
+            let cfg = RouterConfig {
+                http: Some(a.http),
+                admin: Some(a.admin),
+                ..RouterConfig::default()
+            };
+            runtime(None).and_then(|rt| rt.block_on(gatehouse::demo::run(cfg)))
+        }
+        Cmd::Check(a) => return check(a),
+        Cmd::Egress(_) => Err(anyhow::anyhow!(
+            "the egress gateway is not built yet in this version"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = std::env::var("GATEHOUSE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or(workers);
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers.filter(|n| *n > 0) {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the runtime")
+}
+
+fn load_run_config(a: RunArgs) -> anyhow::Result<RouterConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => RouterConfig::load(p)?,
+        None => RouterConfig::default(),
+    };
+    if a.kube {
+        bail!(
+            "--kube: the Kubernetes source is not built yet in this version; use --manifests DIR"
+        );
+    }
+    // A shard that silently served every route would expose what it must not.
+    if a.route_selector.as_deref().is_some_and(|s| !s.is_empty())
+        || a.namespace_selector
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+    {
+        bail!("route/namespace selectors are not supported yet in this version; refusing to serve every route");
+    }
+    if let Some(m) = a.manifests {
+        cfg.manifests = Some(m);
+    }
+    if a.http.is_some() {
+        cfg.http = a.http;
+    }
+    if a.https.is_some() {
+        cfg.https = a.https;
+    }
+    if a.admin.is_some() {
+        cfg.admin = a.admin;
+    }
+    if let Some(n) = a.router_name {
+        cfg.router_name = n;
+    }
+    if let Some(m) = a.access_log {
+        cfg.access_log = m;
+    }
+    if let Some(f) = a.admin_token_file {
+        cfg.admin_token_file = Some(f);
+    }
+    if let Some(w) = a.allow_wildcard_routes {
+        cfg.allow_wildcard_routes = w;
+    }
+    Ok(cfg)
+}
+
+fn check(a: CheckArgs) -> ExitCode {
+    let cfg = match &a.config {
+        Some(p) => match RouterConfig::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("ERROR     {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => RouterConfig::default(),
+    };
+    let Some(dir) = a.manifests.or(cfg.manifests.clone()) else {
+        println!("config is valid; no manifests directory given (--manifests DIR)");
+        return ExitCode::SUCCESS;
+    };
+    let mut m = ManifestsDir::new(dir);
+    m.scan();
+    let objs = m.objects();
+    let compiled = gatehouse::compile::compile(&objs, &cfg.compile_config(), 1);
+    let mut problems = 0;
+    for e in m.errors() {
+        println!("ERROR     {e}");
+        problems += 1;
+    }
+    for d in &compiled.diagnostics {
+        println!("WARNING   {}: {}", d.object, d.message);
+    }
+    let mut admitted = 0;
+    for s in compiled.table.statuses.iter() {
+        let term = s
+            .termination
+            .map(|t| format!(" ({t:?})").to_lowercase())
+            .unwrap_or_default();
+        if s.admitted {
+            admitted += 1;
+            println!(
+                "ADMITTED  {}/{}  {}{}{term}",
+                s.namespace, s.name, s.host, s.path
+            );
+        } else {
+            problems += 1;
+            println!(
+                "REJECTED  {}/{}  {}{}  {}: {}",
+                s.namespace,
+                s.name,
+                s.host,
+                s.path,
+                s.reason.map(|r| r.to_string()).unwrap_or_default(),
+                s.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let rejected = compiled.table.statuses.len() - admitted;
+    println!(
+        "{admitted} admitted, {rejected} rejected, {} file errors",
+        m.errors().len()
+    );
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -15,10 +15,9 @@ pub fn normalize(host: &str) -> Option<String> {
 pub fn strip(host: &str) -> &str {
     let mut h = host.trim();
     if let Some(i) = h.rfind(':') {
-        // "[v6]:port" or "name:port"; a bare IPv6 literal has no brackets in Host.
-        if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !h[..i].contains(':') {
-            h = &h[..i];
-        } else if h.starts_with('[') && h[..i].ends_with(']') {
+        // "name:port" or "[v6]:port"; a bare IPv6 literal has no brackets in Host.
+        let port_only = h[i + 1..].bytes().all(|b| b.is_ascii_digit());
+        if port_only && (!h[..i].contains(':') || (h.starts_with('[') && h[..i].ends_with(']'))) {
             h = &h[..i];
         }
     }

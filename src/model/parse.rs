@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 
 /// One object of a kind gatehouse reads.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, moved once into an Arc
 pub enum Object {
     Route(Route),
     Service(Service),

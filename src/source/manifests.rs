@@ -59,10 +59,7 @@ impl ManifestsDir {
     /// problems in newly read files are logged here, once per change.
     pub fn scan(&mut self) -> bool {
         let mut found = Vec::new();
-        let dir_error = match walk(&self.dir, &mut found, 0) {
-            Ok(()) => None,
-            Err(e) => Some(e),
-        };
+        let dir_error = walk(&self.dir, &mut found, 0).err();
         let mut changed = false;
         if dir_error != self.dir_error {
             if let Some(e) = &dir_error {

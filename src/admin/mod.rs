@@ -1,0 +1,118 @@
+//! The admin listener: health, readiness, the routes API, a small metrics
+//! page and the dashboard. Reads the table; never changes it.
+
+use crate::table::TableStore;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::debug;
+
+/// State the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub store: Arc<TableStore>,
+    pub router_name: String,
+}
+
+/// Serve the admin API until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let state = Arc::new(state);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = crate::app_signal::stopped(&mut shutdown) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req)) }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" | "/healthz/ready" => {
+            if state.store.is_ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "waiting for the first table\n".into(),
+                )
+            }
+        }
+        "/api/routes" => {
+            let t = state.store.load_full();
+            let body = serde_json::json!({
+                "generation": t.generation,
+                "routes": &*t.statuses,
+            });
+            reply(StatusCode::OK, "application/json", body.to_string())
+        }
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(state)),
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn metrics(state: &AdminState) -> String {
+    let t = state.store.load_full();
+    let admitted = t.statuses.iter().filter(|s| s.admitted).count();
+    let rejected = t.statuses.len() - admitted;
+    format!(
+        "# HELP gatehouse_table_generation Generation of the live routing table.\n\
+         # TYPE gatehouse_table_generation gauge\n\
+         gatehouse_table_generation {}\n\
+         # HELP gatehouse_routes Routes by admission state.\n\
+         # TYPE gatehouse_routes gauge\n\
+         gatehouse_routes{{state=\"admitted\"}} {admitted}\n\
+         gatehouse_routes{{state=\"rejected\"}} {rejected}\n\
+         # HELP gatehouse_ready 1 once the first complete table is live.\n\
+         # TYPE gatehouse_ready gauge\n\
+         gatehouse_ready {}\n",
+        t.generation,
+        u8::from(state.store.is_ready()),
+    )
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");

@@ -1,0 +1,217 @@
+//! Wiring: source → compiler task → table store → listeners, and shutdown.
+
+use crate::admin::{self, AdminState};
+use crate::compile::{self, CompileConfig};
+use crate::config::{AccessLogMode, RouterConfig};
+use crate::model::store::Change;
+use crate::model::Objects;
+use crate::pool::{PoolConfig, Upstreams};
+use crate::proxy::{self, Proxy, ServerSettings};
+use crate::source::manifests::{self, ManifestsDir};
+use crate::table::TableStore;
+use crate::telemetry::access_log::AccessLog;
+use anyhow::Context as _;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// A started router.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the plain HTTP listener is bound (port 0 resolved).
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub store: Arc<TableStore>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop accepting, drain in-flight requests (up to the drain deadline)
+    /// and return when every listener is done.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// How long a burst of source changes may take to settle into one compile.
+const COALESCE: Duration = Duration::from_millis(10);
+
+/// Start the router: load the source, publish the first table, bind.
+pub async fn start(cfg: RouterConfig) -> anyhow::Result<Running> {
+    let dir = cfg.manifests.clone().context(
+        "no source: pass --manifests DIR (or --kube, which arrives with the Kubernetes source)",
+    )?;
+    let objects = manifests::spawn_watch(ManifestsDir::new(dir));
+    start_with_source(cfg, objects).await
+}
+
+/// Start with any source that publishes `Objects` snapshots.
+pub async fn start_with_source(
+    cfg: RouterConfig,
+    objects: watch::Receiver<Arc<Objects>>,
+) -> anyhow::Result<Running> {
+    let store = Arc::new(TableStore::new());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Bind first: a port conflict is a startup error, not a log line later.
+    let http = match cfg.http {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding http listener {a}"))?,
+        ),
+        None => None,
+    };
+    let admin = match cfg.admin {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding admin listener {a}"))?,
+        ),
+        None => None,
+    };
+    if cfg.https.is_some() {
+        warn!("--https is not served yet: TLS arrives with its own issue");
+    }
+
+    tasks.push(tokio::spawn(compile_loop(
+        objects,
+        store.clone(),
+        cfg.compile_config(),
+        shutdown_rx.clone(),
+    )));
+    // Routes are served only once the first table is live (/readyz says so).
+    let mut gen = store.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(30), gen.wait_for(|_| store.is_ready())).await;
+
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = http {
+        let proxy = Arc::new(Proxy {
+            store: store.clone(),
+            upstreams: Upstreams::new(&PoolConfig {
+                connect_timeout: cfg.timeouts.connect,
+                idle_timeout: cfg.timeouts.upstream_idle,
+                ..PoolConfig::default()
+            }),
+            access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
+        });
+        let settings = ServerSettings {
+            header_timeout: cfg.timeouts.http_request,
+            drain: cfg.timeouts.drain,
+        };
+        tasks.push(tokio::spawn(proxy::serve_http(
+            l,
+            proxy,
+            settings,
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some(l) = admin {
+        let state = AdminState {
+            store: store.clone(),
+            router_name: cfg.router_name.clone(),
+        };
+        tasks.push(tokio::spawn(admin::serve(l, state, shutdown_rx.clone())));
+    }
+    info!(http = ?http_addr, admin = ?admin_addr, router = %cfg.router_name, "gatehouse listening");
+    Ok(Running {
+        http: http_addr,
+        admin: admin_addr,
+        store,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Turn every source snapshot into a published table: a full compile when
+/// routes or services changed, an endpoint-only update otherwise.
+async fn compile_loop(
+    mut objects: watch::Receiver<Arc<Objects>>,
+    store: Arc<TableStore>,
+    cfg: CompileConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let cfg = Arc::new(cfg);
+    let mut prev: Option<Arc<Objects>> = None;
+    let mut generation = 0u64;
+    let mut logged: HashSet<compile::Diagnostic> = HashSet::new();
+    objects.mark_changed();
+    loop {
+        tokio::select! {
+            r = objects.changed() => if r.is_err() { return },
+            _ = crate::app_signal::stopped(&mut shutdown) => return,
+        }
+        tokio::time::sleep(COALESCE).await;
+        let current = objects.borrow_and_update().clone();
+        let change = match &prev {
+            Some(p) => current.change_from(p),
+            None => Change::Full,
+        };
+        if change == Change::None {
+            continue;
+        }
+        generation += 1;
+        let started = Instant::now();
+        let table = store.load_full();
+        let (cfg2, cur2) = (cfg.clone(), current.clone());
+        let kind = if matches!(change, Change::Full) {
+            "full"
+        } else {
+            "endpoints"
+        };
+        let compiled = tokio::task::spawn_blocking(move || match change {
+            Change::EndpointsOnly(services) => {
+                compile::update_endpoints(&table, &cur2, &services, generation)
+            }
+            _ => compile::compile(&cur2, &cfg2, generation),
+        })
+        .await;
+        let compiled = match compiled {
+            Ok(c) => c,
+            Err(e) => {
+                // A bug in compile must not take the router down: keep the
+                // last table and say so.
+                warn!(error = %e, "compile failed; keeping the previous table");
+                continue;
+            }
+        };
+        // Log each problem once, not on every recompile.
+        let now: HashSet<_> = compiled.diagnostics.iter().cloned().collect();
+        for d in now.difference(&logged) {
+            warn!(object = %d.object, problem = %d.message, "route problem");
+        }
+        if kind == "full" {
+            logged = now;
+        } else {
+            logged.extend(now);
+        }
+        let t = compiled.table;
+        let (hosts, routes) = (
+            t.host_count(),
+            t.statuses.iter().filter(|s| s.admitted).count(),
+        );
+        let rejected = t.statuses.len() - routes;
+        store.publish(t);
+        prev = Some(current);
+        info!(
+            generation,
+            kind,
+            hosts,
+            admitted = routes,
+            rejected,
+            micros = started.elapsed().as_micros() as u64,
+            "table published"
+        );
+    }
+}

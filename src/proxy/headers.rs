@@ -1,0 +1,242 @@
+//! Header rules at the proxy boundary: hop-by-hop removal (RFC 9110 §7.6.1)
+//! and the forwarded headers the OpenShift router sets.
+
+use crate::table::ForwardedPolicy;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Remove hop-by-hop headers, including those the Connection header names.
+/// `te: trailers` survives (gRPC needs it). Returns whether the message
+/// asked for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
+pub fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
+    let mut upgrade = false;
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| {
+                let t = t.trim();
+                if t.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
+                    return None;
+                }
+                HeaderName::from_bytes(t.as_bytes()).ok()
+            })
+            .collect();
+        for n in named {
+            if n != header::TE {
+                h.remove(&n);
+            }
+        }
+        h.remove(header::CONNECTION);
+    }
+    upgrade &= h.contains_key(header::UPGRADE);
+    if !upgrade {
+        h.remove(header::UPGRADE);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::TRAILER);
+    if let Some(te) = h.get(header::TE) {
+        let trailers = te
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        h.remove(header::TE);
+        if trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    upgrade
+}
+
+/// What the router knows about the client side of a request.
+#[derive(Debug, Clone)]
+pub struct ClientSide<'a> {
+    pub ip: IpAddr,
+    /// The client's IP, pre-rendered once per connection.
+    pub ip_value: &'a HeaderValue,
+    /// The listener's port, pre-rendered.
+    pub port_value: &'a HeaderValue,
+    pub proto: &'static str,
+    pub host: &'a str,
+}
+
+/// Apply `set-forwarded-headers` to a request going upstream.
+pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<'_>) {
+    let set = |h: &mut HeaderMap, name: &HeaderName, v: HeaderValue| match policy {
+        ForwardedPolicy::IfNone if h.contains_key(name) => {}
+        _ => {
+            h.insert(name.clone(), v);
+        }
+    };
+    match policy {
+        ForwardedPolicy::Never => return,
+        ForwardedPolicy::Append => {
+            let existing: Vec<&[u8]> = h
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            if existing.is_empty() {
+                h.insert(X_FORWARDED_FOR.clone(), c.ip_value.clone());
+            } else {
+                let mut joined = existing.join(&b", "[..]);
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(c.ip_value.as_bytes());
+                if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                    h.insert(X_FORWARDED_FOR.clone(), v);
+                }
+            }
+        }
+        ForwardedPolicy::Replace | ForwardedPolicy::IfNone => {
+            set(h, &X_FORWARDED_FOR, c.ip_value.clone())
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(c.host) {
+        set(h, &X_FORWARDED_HOST, v);
+    }
+    set(h, &X_FORWARDED_PORT, c.port_value.clone());
+    set(h, &X_FORWARDED_PROTO, HeaderValue::from_static(c.proto));
+    let for_ = match c.ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let host = if c
+        .host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+    {
+        c.host.to_owned()
+    } else {
+        format!("\"{}\"", c.host.replace(['"', '\\'], ""))
+    };
+    let element = format!("for={for_};host={host};proto={}", c.proto);
+    match policy {
+        ForwardedPolicy::Append => match h.get(header::FORWARDED).map(|v| v.as_bytes().to_vec()) {
+            Some(mut prev) => {
+                prev.extend_from_slice(b", ");
+                prev.extend_from_slice(element.as_bytes());
+                if let Ok(v) = HeaderValue::from_bytes(&prev) {
+                    h.insert(header::FORWARDED, v);
+                }
+            }
+            None => {
+                if let Ok(v) = HeaderValue::from_str(&element) {
+                    h.insert(header::FORWARDED, v);
+                }
+            }
+        },
+        _ => {
+            if let Ok(v) = HeaderValue::from_str(&element) {
+                set(h, &header::FORWARDED, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_goes_trailers_stay() {
+        let mut h = hm(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers, deflate"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-keep", "yes"),
+        ]);
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-keep"], "yes");
+
+        let mut h = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(strip_hop_by_hop(&mut h));
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    fn side<'a>(ip: IpAddr, ipv: &'a HeaderValue, port: &'a HeaderValue) -> ClientSide<'a> {
+        ClientSide {
+            ip,
+            ip_value: ipv,
+            port_value: port,
+            proto: "http",
+            host: "www.example.com",
+        }
+    }
+
+    #[test]
+    fn forwarded_policies() {
+        let ipv = HeaderValue::from_static("192.0.2.7");
+        let port = HeaderValue::from_static("80");
+        let c = side("192.0.2.7".parse().unwrap(), &ipv, &port);
+        let orig = [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ];
+
+        let mut h = hm(&orig);
+        set_forwarded(&mut h, ForwardedPolicy::Append, &c);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "www.example.com");
+        assert_eq!(h["x-forwarded-port"], "80");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=www.example.com;proto=http"
+        );
+
+        let mut h = hm(&orig);
+        set_forwarded(&mut h, ForwardedPolicy::Replace, &c);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+
+        let mut h = hm(&orig);
+        set_forwarded(&mut h, ForwardedPolicy::IfNone, &c);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "www.example.com");
+
+        let mut h = hm(&orig);
+        set_forwarded(&mut h, ForwardedPolicy::Never, &c);
+        assert_eq!(h, hm(&orig));
+
+        let ipv6 = HeaderValue::from_static("2001:db8::1");
+        let c6 = side("2001:db8::1".parse().unwrap(), &ipv6, &port);
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, ForwardedPolicy::Append, &c6);
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::1]\";host=www.example.com;proto=http"
+        );
+    }
+}

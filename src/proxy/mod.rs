@@ -1,0 +1,131 @@
+//! The data path: accept connections, speak HTTP/1.1 and HTTP/2 (h2c prior
+//! knowledge on the plain port) to clients, and forward through `pool`.
+//!
+//! Reads the table once per request; never holds it across an `.await`.
+
+mod body;
+mod handler;
+pub mod headers;
+mod local;
+mod tunnel;
+
+pub use body::ProxyBody;
+
+use crate::pool::Upstreams;
+use crate::table::TableStore;
+use crate::telemetry::access_log::AccessLog;
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// What every request needs, shared by all connections.
+#[derive(Debug)]
+pub struct Proxy {
+    pub store: Arc<TableStore>,
+    pub upstreams: Upstreams,
+    pub access_log: Option<AccessLog>,
+}
+
+/// One client connection, rendered once so requests do not format again.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    pub ip_value: HeaderValue,
+    pub port_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        let ip = peer.ip().to_canonical();
+        ConnInfo {
+            peer: SocketAddr::new(ip, peer.port()),
+            local,
+            tls,
+            ip_value: HeaderValue::try_from(ip.to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            port_value: HeaderValue::from(local.port()),
+        }
+    }
+}
+
+/// Client-side protocol settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Time allowed to send request headers.
+    pub header_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain: Duration,
+}
+
+/// Serve plain HTTP (h1 and h2c) on `listener` until `shutdown` turns true,
+/// then drain in-flight requests for up to `settings.drain`.
+pub async fn serve_http(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = crate::app_signal::stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let info = Arc::new(ConnInfo::new(peer, local.unwrap_or(peer), false));
+        let proxy = proxy.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    info!(addr = ?local, "listener closed; draining");
+    if tokio::time::timeout(settings.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(addr = ?local, "drain deadline passed; closing remaining connections");
+    }
+}

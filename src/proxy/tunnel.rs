@@ -1,0 +1,94 @@
+//! Upgraded connections (WebSocket and friends): bytes both ways until one
+//! side closes or nothing moves for the tunnel timeout.
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+/// Join the client's and the upstream's upgraded connections in a task.
+pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+    tokio::spawn(async move {
+        let (c, u) = tokio::join!(client, upstream);
+        let (Ok(c), Ok(u)) = (c, u) else {
+            debug!("upgrade did not complete on both sides");
+            return;
+        };
+        let epoch = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut c = Activity::new(TokioIo::new(c), last.clone(), epoch);
+        let mut u = Activity::new(TokioIo::new(u), last.clone(), epoch);
+        let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+        let watchdog = async {
+            loop {
+                let since = Duration::from_millis(last.load(Ordering::Relaxed));
+                let deadline = epoch + since + idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline.into()).await;
+            }
+        };
+        tokio::select! {
+            r = copy => debug!(result = ?r, "tunnel closed"),
+            _ = watchdog => debug!("tunnel idle timeout"),
+        }
+    });
+}
+
+/// Records the time of the last byte moved.
+struct Activity<T> {
+    io: T,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<T> Activity<T> {
+    fn new(io: T, last: Arc<AtomicU64>, epoch: Instant) -> Self {
+        Activity { io, last, epoch }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

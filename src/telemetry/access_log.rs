@@ -1,0 +1,110 @@
+//! The access log: one JSON line per request on stdout. Requests only hand a
+//! small record to a bounded queue; a separate task formats and writes.
+//! When the queue is full the line is dropped and counted, never waited for.
+
+use crate::proxy::ConnInfo;
+use crate::table::RouteEntry;
+use http::{Method, Request, StatusCode, Uri, Version};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// What one request leaves behind.
+#[derive(Debug)]
+pub struct LogLine {
+    time: SystemTime,
+    client: SocketAddr,
+    method: Method,
+    uri: Uri,
+    host: Box<str>,
+    version: Version,
+    pub route: Option<Arc<RouteEntry>>,
+    status: u16,
+    endpoint: Option<String>,
+    duration: Duration,
+}
+
+impl LogLine {
+    pub fn start<B>(conn: &ConnInfo, req: &Request<B>, host: &str) -> Self {
+        LogLine {
+            time: SystemTime::now(),
+            client: conn.peer,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host: host.into(),
+            version: req.version(),
+            route: None,
+            status: 0,
+            endpoint: None,
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub fn finish(&mut self, status: StatusCode, endpoint: Option<String>, duration: Duration) {
+        self.status = status.as_u16();
+        self.endpoint = endpoint;
+        self.duration = duration;
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let ts = self
+            .time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        serde_json::json!({
+            "time": format!("{}.{:03}", ts.as_secs(), ts.subsec_millis()),
+            "client": self.client.to_string(),
+            "method": self.method.as_str(),
+            "host": &*self.host,
+            "path": self.uri.path(),
+            "protocol": format!("{:?}", self.version),
+            "status": self.status,
+            "duration_ms": self.duration.as_secs_f64() * 1000.0,
+            "namespace": self.route.as_ref().map(|r| &*r.namespace),
+            "route": self.route.as_ref().map(|r| &*r.name),
+            "endpoint": self.endpoint,
+        })
+    }
+}
+
+/// The queue end requests write to.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: mpsc::Sender<LogLine>,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Start the writer task (stdout) with a queue of `capacity` lines.
+    pub fn spawn(capacity: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel::<LogLine>(capacity);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(64);
+            while rx.recv_many(&mut batch, 64).await > 0 {
+                let mut out = std::io::stdout().lock();
+                for l in batch.drain(..) {
+                    let _ = writeln!(out, "{}", l.to_json());
+                }
+                let _ = out.flush();
+            }
+        });
+        AccessLog {
+            tx,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn push(&self, line: LogLine) {
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
