@@ -124,7 +124,12 @@ pub async fn start_with_source(
         };
         tasks.push(tokio::spawn(admin::serve(l, state, shutdown_rx.clone())));
     }
-    info!(http = ?http_addr, admin = ?admin_addr, router = %cfg.router_name, "gatehouse listening");
+    info!(
+        http = %http_addr.map(|a| a.to_string()).unwrap_or_default(),
+        admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
+        router = %cfg.router_name,
+        "gatehouse listening"
+    );
     Ok(Running {
         http: http_addr,
         admin: admin_addr,

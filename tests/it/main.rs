@@ -1,0 +1,9 @@
+//! Integration tests: real sockets on 127.0.0.1, real upstream servers, the
+//! real binary where the process matters. One binary so it links once.
+
+mod admission;
+mod process;
+mod protocols;
+mod proxy;
+mod support;
+mod swap;

@@ -1,0 +1,275 @@
+//! The real binary: graceful drain on SIGTERM, `gatehouse check`, and
+//! streaming 50 MB both ways with flat memory.
+
+use crate::support::*;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `gatehouse run` child process on a manifests directory.
+struct Proc {
+    child: Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Proc {
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Proc {
+        let mut child = Command::new(bin())
+            .args(["--log-format", "json", "run", "--manifests"])
+            .arg(dir)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--access-log",
+                "off",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "gatehouse listening" {
+                        let _ = tx.send((
+                            v["http"].as_str().unwrap().parse().unwrap(),
+                            v["admin"].as_str().unwrap().parse().unwrap(),
+                        ));
+                    }
+                }
+            }
+        });
+        let (http, admin) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("listening line on stderr");
+        Proc { child, http, admin }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let up = Upstream::start("slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        format!(
+            "{}{}",
+            service("default", "s", &[up.port()]),
+            simple_route("default", "r", "d.example.com", "", "s")
+        ),
+    )
+    .unwrap();
+    let mut p = Proc::start(dir.path(), &[]);
+    let http = p.http;
+    assert_eq!(
+        get(p.admin, "admin", "/readyz", &[]).await.status,
+        StatusCode::OK
+    );
+    let in_flight =
+        tokio::spawn(async move { get(http, "d.example.com", "/delay/1000", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.sigterm();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the in-flight request completes"
+    );
+    assert_eq!(reply.echoed("name"), Some("slow"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
+    let up = Upstream::start("bulk").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        format!(
+            "{}{}",
+            service("default", "s", &[up.port()]),
+            simple_route("default", "r", "bulk.example.com", "", "s")
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(dir.path(), &[]);
+    // Warm up so the baseline includes pools and buffers.
+    assert_eq!(
+        get(p.http, "bulk.example.com", "/bytes/1000", &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let base = p.peak_rss_kib();
+    const SIZE: usize = 50 * 1024 * 1024;
+
+    // Download: count bytes as they arrive, never hold them.
+    let c = client();
+    let req = http::Request::get(format!("http://{}/bytes/{SIZE}", p.http))
+        .header("host", "bulk.example.com")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got = 0usize;
+    while let Some(f) = body.frame().await {
+        got += f.unwrap().data_ref().map_or(0, |d| d.len());
+    }
+    assert_eq!(got, SIZE);
+
+    // Upload: a streamed request body of 50 MB; the upstream counts it.
+    let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+    let stream =
+        futures_util::stream::iter((0..SIZE / chunk.len()).map(move |_| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))
+        }));
+    let tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/sink")
+        .header("host", "bulk.example.com")
+        .body(http_body_util::StreamBody::new(stream))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let n = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(std::str::from_utf8(&n).unwrap(), SIZE.to_string());
+
+    let grown = p.peak_rss_kib().saturating_sub(base);
+    assert!(
+        grown < 16 * 1024,
+        "peak RSS grew by {grown} KiB while streaming 2×50 MB"
+    );
+}
+
+#[test]
+fn check_lists_admitted_and_rejected_and_sets_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = format!(
+        "{}{}",
+        service("default", "s", &[8080]),
+        simple_route("default", "good", "good.example.com", "", "s")
+    );
+    std::fs::write(dir.path().join("ok.yaml"), &ok).unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--manifests"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ADMITTED  default/good  good.example.com"),
+        "{text}"
+    );
+
+    std::fs::write(dir.path().join("bad.yaml"), "kind: [\n").unwrap();
+    std::fs::write(
+        dir.path().join("dup.yaml"),
+        route(
+            "other",
+            "dup",
+            "2030-01-01T00:00:00Z",
+            "good.example.com",
+            "",
+            "s",
+            &[],
+            "",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--manifests"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("REJECTED  other/dup"), "{text}");
+    assert!(text.contains("HostAlreadyClaimed"), "{text}");
+    assert!(
+        text.contains("ERROR") && text.contains("bad.yaml"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_config_or_missing_source_is_a_clear_startup_error() {
+    let out = Command::new(bin())
+        .args(["run", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--manifests"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "timeouts: {server: 1d12h}\n").unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a duration"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

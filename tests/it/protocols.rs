@@ -1,0 +1,173 @@
+//! HTTP/2 from clients, h2c to upstreams with trailers, WebSocket upgrades.
+
+use crate::support::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn h2c_prior_knowledge_clients_reach_http1_upstreams() {
+    let up = Upstream::start("h1").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "r", "h2.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let mut h2 = h2_connect(r.http).await;
+    // Many concurrent streams on one connection, :authority names the route.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let req = http::Request::get(format!("http://h2.example.com/s/{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        tasks.push(h2.send_request(req));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let resp = t.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(body.contains(&format!("uri=/s/{i}\n")), "{body}");
+        assert!(body.contains("host: h2.example.com"), "{body}");
+    }
+    let req = http::Request::get("http://h2.example.com/s/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(body.contains("version=HTTP/1.1"), "{body}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn curl_speaks_h2c_through_the_router() {
+    let up = Upstream::start("curl").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "r", "c.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let url = format!("http://{}/hello", r.http);
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: c.example.com",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &url,
+        ])
+        .output()
+        .await
+        .expect("curl is installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("2 200"), "{text}");
+    assert!(text.contains("name=curl"), "{text}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_over_h2c_keeps_trailers_end_to_end() {
+    let up = Upstream::start_h2c("grpc").await;
+    let svc = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: g}}\nspec:\n  ports: [{{name: grpc, port: 50051, appProtocol: kubernetes.io/h2c}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: g}}\nsubsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: grpc, port: {}}}]}}]\n",
+        up.port()
+    );
+    let rt = "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {name: g}\nspec: {host: grpc.example.com, to: {name: g}, port: {targetPort: grpc}}\n";
+    let r = TestRouter::start(&[("g.yaml", &format!("{svc}{rt}"))]).await;
+    let mut h2 = h2_connect(r.http).await;
+    let req = http::Request::post("http://grpc.example.com/grpc")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_router() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let text = format!(
+        "{}{}",
+        service("default", "ws", &[port]),
+        simple_route("default", "ws", "ws.example.com", "", "ws")
+    );
+    let r = TestRouter::start(&[("ws.yaml", &text)]).await;
+    let tcp = tokio::net::TcpStream::connect(r.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp)
+        .await
+        .expect("upgrade through the router");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..5 {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let m = ws.next().await.unwrap().unwrap();
+        assert_eq!(m.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2, 255]
+    );
+    ws.close(None).await.unwrap();
+    r.stop().await;
+}
+
+/// An HTTP/2 prior-knowledge connection to `addr`.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}

@@ -1,0 +1,279 @@
+//! The HTTP data path: path precedence, error statuses, retries, forwarded
+//! headers, the insecure-edge policy.
+
+use crate::support::*;
+use http::StatusCode;
+
+#[tokio::test]
+async fn longest_path_wins_on_segment_boundaries() {
+    let root = Upstream::start("root").await;
+    let sub = Upstream::start("sub").await;
+    let deep = Upstream::start("deep").await;
+    let text = [
+        service("default", "root", &[root.port()]),
+        service("default", "sub", &[sub.port()]),
+        service("default", "deep", &[deep.port()]),
+        simple_route("default", "root", "p.example.com", "/", "root"),
+        simple_route("default", "sub", "p.example.com", "/sub", "sub"),
+        simple_route("default", "deep", "p.example.com", "/sub/deep", "deep"),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("p.yaml", &text)]).await;
+    for (path, want) in [
+        ("/", "root"),
+        ("/sub", "sub"),
+        ("/sub/", "sub"),
+        ("/sub/x?y=1", "sub"),
+        ("/subpar", "root"),
+        ("/sub/deep/er", "deep"),
+        ("/sub/deeper", "sub"),
+        ("/SUB", "root"),
+    ] {
+        assert_eq!(
+            r.get("P.Example.COM:80", path).await.echoed("name"),
+            Some(want),
+            "{path}"
+        );
+    }
+    // The query string reaches the upstream untouched.
+    assert_eq!(
+        r.get("p.example.com", "/sub/x?y=1").await.echoed("uri"),
+        Some("/sub/x?y=1")
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_host_no_endpoints_reset_and_timeout() {
+    let slow = Upstream::start("slow").await;
+    let reset = resetting_upstream().await;
+    let text = [
+        service("default", "empty", &[]),
+        service("default", "reset", &[reset.port()]),
+        service("default", "slow", &[slow.port()]),
+        simple_route("default", "empty", "empty.example.com", "", "empty"),
+        simple_route("default", "reset", "reset.example.com", "", "reset"),
+        route(
+            "default",
+            "slow",
+            "2024-01-01T00:00:00Z",
+            "slow.example.com",
+            "",
+            "slow",
+            &[("haproxy.router.openshift.io/timeout", "300ms")],
+            "",
+        ),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("e.yaml", &text)]).await;
+
+    let unknown = r.get("nobody.example.com", "/").await;
+    assert_eq!(unknown.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(unknown.body.contains("no route"), "{}", unknown.body);
+
+    let empty = r.get("empty.example.com", "/").await;
+    assert_eq!(empty.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(empty.body.contains("no ready endpoints"), "{}", empty.body);
+
+    let reset = r.get("reset.example.com", "/").await;
+    assert_eq!(reset.status, StatusCode::BAD_GATEWAY, "{}", reset.body);
+
+    let t = std::time::Instant::now();
+    let slow_reply = r.get("slow.example.com", "/delay/3000").await;
+    assert_eq!(slow_reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(t.elapsed() < std::time::Duration::from_millis(2500));
+    // Within the timeout it works.
+    assert_eq!(
+        r.get("slow.example.com", "/delay/10").await.status,
+        StatusCode::OK
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn connect_failure_goes_to_the_next_endpoint() {
+    let alive = Upstream::start("alive").await;
+    let dead = dead_port().await;
+    let text = format!(
+        "{}{}",
+        service("default", "mixed", &[dead, alive.port()]),
+        simple_route("default", "m", "m.example.com", "", "mixed")
+    );
+    let r = TestRouter::start(&[("m.yaml", &text)]).await;
+    for _ in 0..30 {
+        let reply = r.get("m.example.com", "/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.echoed("name"), Some("alive"));
+    }
+    // A POST with a body survives the retry too: the body was never sent.
+    let c = client();
+    for _ in 0..10 {
+        let req = http::Request::post(format!("http://{}/sink", r.http))
+            .header("host", "m.example.com")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"0123456789",
+            )))
+            .unwrap();
+        let reply = send(&c, req).await;
+        assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, "10"));
+    }
+    // Only dead endpoints: 503.
+    r.write(
+        "m.yaml",
+        &format!(
+            "{}{}",
+            service("default", "mixed", &[dead]),
+            simple_route("default", "m", "m.example.com", "", "mixed")
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.get("m.example.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_follow_the_route_annotation() {
+    let up = Upstream::start("fw").await;
+    let ann = "haproxy.router.openshift.io/set-forwarded-headers";
+    let mut text = service("default", "fw", &[up.port()]);
+    for policy in ["append", "replace", "if-none", "never"] {
+        text.push_str(&route(
+            "default",
+            policy,
+            "2024-01-01T00:00:00Z",
+            &format!("{policy}.example.com"),
+            "",
+            "fw",
+            &[(ann, policy)],
+            "",
+        ));
+    }
+    text.push_str(&simple_route(
+        "default",
+        "default",
+        "default.example.com",
+        "",
+        "fw",
+    ));
+    let r = TestRouter::start(&[("fw.yaml", &text)]).await;
+    let sent = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let port = r.http.port().to_string();
+
+    for host in ["append.example.com", "default.example.com"] {
+        let a = get(r.http, host, "/", &sent).await;
+        assert_eq!(
+            a.echoed("x-forwarded-for"),
+            Some("203.0.113.9, 127.0.0.1"),
+            "{host}"
+        );
+        assert_eq!(a.echoed("x-forwarded-proto"), Some("http"));
+        assert_eq!(a.echoed("x-forwarded-host"), Some(host));
+        assert_eq!(a.echoed("x-forwarded-port"), Some(port.as_str()));
+        assert_eq!(
+            a.echoed("forwarded"),
+            Some(format!("for=127.0.0.1;host={host};proto=http").as_str())
+        );
+    }
+    let rep = get(r.http, "replace.example.com", "/", &sent).await;
+    assert_eq!(rep.echoed("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(rep.echoed("x-forwarded-proto"), Some("http"));
+
+    let ifn = get(r.http, "if-none.example.com", "/", &sent).await;
+    assert_eq!(ifn.echoed("x-forwarded-for"), Some("203.0.113.9"));
+    assert_eq!(ifn.echoed("x-forwarded-proto"), Some("https"));
+    assert_eq!(ifn.echoed("x-forwarded-host"), Some("if-none.example.com"));
+
+    let never = get(r.http, "never.example.com", "/", &sent).await;
+    assert_eq!(never.echoed("x-forwarded-for"), Some("203.0.113.9"));
+    assert_eq!(never.echoed("x-forwarded-host"), None);
+    assert_eq!(never.echoed("forwarded"), None);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_do_not_reach_the_upstream() {
+    let up = Upstream::start("h").await;
+    let text = format!(
+        "{}{}",
+        service("default", "h", &[up.port()]),
+        simple_route("default", "h", "h.example.com", "", "h")
+    );
+    let r = TestRouter::start(&[("h.yaml", &text)]).await;
+    let reply = get(
+        r.http,
+        "h.example.com",
+        "/",
+        &[
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=1"),
+            ("x-public", "ok"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.echoed("x-public"), Some("ok"));
+    assert_eq!(reply.echoed("x-private"), None);
+    assert_eq!(reply.echoed("keep-alive"), None);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn insecure_edge_termination_policy_on_the_plain_port() {
+    let up = Upstream::start("tls").await;
+    let tls = |policy: &str| {
+        format!("  tls: {{termination: edge, insecureEdgeTerminationPolicy: {policy}}}\n")
+    };
+    let text = [
+        service("default", "s", &[up.port()]),
+        route(
+            "default",
+            "allow",
+            "2024-01-01T00:00:00Z",
+            "allow.example.com",
+            "",
+            "s",
+            &[],
+            &tls("Allow"),
+        ),
+        route(
+            "default",
+            "redirect",
+            "2024-01-01T00:00:00Z",
+            "redirect.example.com",
+            "",
+            "s",
+            &[],
+            &tls("Redirect"),
+        ),
+        route(
+            "default",
+            "none",
+            "2024-01-01T00:00:00Z",
+            "none.example.com",
+            "",
+            "s",
+            &[],
+            &tls("None"),
+        ),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("t.yaml", &text)]).await;
+    assert_eq!(r.get("allow.example.com", "/").await.status, StatusCode::OK);
+    let red = r.get("redirect.example.com:8080", "/a/b?c=d").await;
+    assert_eq!(red.status, StatusCode::FOUND);
+    assert_eq!(
+        red.headers["location"],
+        "https://redirect.example.com/a/b?c=d"
+    );
+    assert_eq!(
+        r.get("none.example.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    r.stop().await;
+}

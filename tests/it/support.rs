@@ -1,0 +1,351 @@
+//! Test parts: real upstream servers on 127.0.0.1:0, a router started on a
+//! manifests directory, manifest builders and an HTTP client.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use gatehouse::app::{self, Running};
+use gatehouse::config::{AccessLogMode, RouterConfig};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+/// An upstream HTTP server ("pod") that answers with its name and what it
+/// saw. Paths: `/delay/<ms>`, `/bytes/<n>` (streams n bytes), `/sink`
+/// (counts the request body), anything else echoes.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        Self::start_with(name, false).await
+    }
+
+    /// The same, speaking HTTP/2 cleartext only (a gRPC-like server that
+    /// sends trailers).
+    pub async fn start_h2c(name: &'static str) -> Upstream {
+        Self::start_with(name, true).await
+    }
+
+    async fn start_with(name: &'static str, h2_only: bool) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(name, req));
+                    let b = auto::Builder::new(TokioExecutor::new());
+                    let b = if h2_only { b.http2_only() } else { b };
+                    let _ = b.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                });
+            }
+        });
+        Upstream { addr, name }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(n, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let take = left.min(chunk.len());
+                Some((
+                    Ok::<_, Infallible>(http_body::Frame::data(chunk.slice(..take))),
+                    left - take,
+                ))
+            }
+        });
+        let body = http_body_util::StreamBody::new(stream).boxed();
+        return Ok(Response::builder()
+            .header("content-length", n.to_string())
+            .body(body)
+            .unwrap());
+    }
+    if path == "/sink" {
+        let mut body = req.into_body();
+        let mut total = 0usize;
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => total += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+        }
+        return Ok(Response::new(
+            Full::new(Bytes::from(total.to_string())).boxed(),
+        ));
+    }
+    if path == "/grpc" {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok".parse().unwrap());
+        let frames = vec![
+            Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(
+                b"\0\0\0\0\x02hi",
+            ))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        return Ok(Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .unwrap());
+    }
+    let mut text = format!(
+        "name={name}\nversion={:?}\nmethod={}\nuri={}\n",
+        req.version(),
+        req.method(),
+        req.uri()
+    );
+    for (k, v) in req.headers() {
+        text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+    }
+    Ok(Response::new(Full::new(Bytes::from(text)).boxed()))
+}
+
+/// A TCP server that accepts, reads a little and resets the connection.
+pub async fn resetting_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            // Linger 0 makes close send RST; with 0 it cannot block.
+            #[allow(deprecated)]
+            let _ = s.set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// YAML for a Service with one named port `http` and ready endpoints on
+/// 127.0.0.1 at `ports`.
+pub fn service(ns: &str, name: &str, ports: &[u16]) -> String {
+    let subsets: String = ports
+        .iter()
+        .map(|p| {
+            format!("- addresses: [{{ip: 127.0.0.1}}]\n  ports: [{{name: http, port: {p}}}]\n")
+        })
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: {ns}}}\nsubsets:{}",
+        if subsets.is_empty() { " []\n".to_owned() } else { format!("\n{subsets}") }
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // mirrors the fields of a Route
+/// YAML for a Route. `extra` is appended under `spec:` (two-space indent)
+/// and `annotations` as `key: value` lines.
+pub fn route(
+    ns: &str,
+    name: &str,
+    created: &str,
+    host: &str,
+    path: &str,
+    svc: &str,
+    annotations: &[(&str, &str)],
+    extra: &str,
+) -> String {
+    let ann: String = annotations
+        .iter()
+        .map(|(k, v)| format!("    {k}: {v:?}\n"))
+        .collect();
+    let ann = if ann.is_empty() {
+        String::new()
+    } else {
+        format!("  annotations:\n{ann}")
+    };
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("  path: {path}\n")
+    };
+    format!(
+        "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata:\n  name: {name}\n  namespace: {ns}\n  creationTimestamp: \"{created}\"\n{ann}spec:\n  host: {host}\n{path}  to: {{kind: Service, name: {svc}}}\n  port: {{targetPort: http}}\n{extra}"
+    )
+}
+
+/// A simple route with no annotations, created at a fixed time.
+pub fn simple_route(ns: &str, name: &str, host: &str, path: &str, svc: &str) -> String {
+    route(ns, name, "2024-01-01T00:00:00Z", host, path, svc, &[], "")
+}
+
+/// A router running in this process on a temp manifests directory.
+pub struct TestRouter {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl TestRouter {
+    /// Write `files` (name → YAML) and start a router on them.
+    pub async fn start(files: &[(&str, &str)]) -> TestRouter {
+        Self::start_with(files, |_| {}).await
+    }
+
+    pub async fn start_with(
+        files: &[(&str, &str)],
+        tweak: impl FnOnce(&mut RouterConfig),
+    ) -> TestRouter {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let mut cfg = RouterConfig {
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            manifests: Some(dir.path().to_owned()),
+            access_log: AccessLogMode::Off,
+            ..RouterConfig::default()
+        };
+        tweak(&mut cfg);
+        let running = app::start(cfg).await.expect("router starts");
+        TestRouter {
+            http: running.http.unwrap(),
+            admin: running.admin.unwrap(),
+            dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.running.as_ref().unwrap().store.load().generation
+    }
+
+    /// Write a manifest file and wait until a new table is published.
+    pub async fn write(&self, file: &str, text: &str) {
+        let before = self.generation();
+        std::fs::write(self.path(file), text).unwrap();
+        self.wait_generation_after(before).await;
+    }
+
+    pub async fn remove(&self, file: &str) {
+        let before = self.generation();
+        std::fs::remove_file(self.path(file)).unwrap();
+        self.wait_generation_after(before).await;
+    }
+
+    /// Wait (up to 1 s, the promise of the manifests source) for a table
+    /// newer than `gen`. Returns how long it took.
+    pub async fn wait_generation_after(&self, gen: u64) -> Duration {
+        let start = Instant::now();
+        while self.generation() <= gen {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "no new table within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start.elapsed()
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        get(self.http, host, path, &[]).await
+    }
+
+    pub async fn routes(&self) -> serde_json::Value {
+        let r = get(self.admin, "admin", "/api/routes", &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// A response, body read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of `key: value` in an echo body.
+    pub fn echoed(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}: ");
+        let eq = format!("{key}=");
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).or_else(|| l.strip_prefix(&eq)))
+    }
+}
+
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET with a Host header over HTTP/1.1.
+pub async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut b = Request::get(format!("http://{addr}{path}")).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(&client(), b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(
+    c: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Reply {
+    let resp = c.request(req).await.expect("router answers");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Path of the built binary.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_gatehouse"))
+}
