@@ -194,7 +194,8 @@ async fn compile_loop(
         // Log each problem once, not on every recompile.
         let now: HashSet<_> = compiled.diagnostics.iter().cloned().collect();
         for d in now.difference(&logged) {
-            warn!(object = %d.object, problem = %d.message, "route problem");
+            let file = current.origins.get(&d.object).map(|f| &**f).unwrap_or("");
+            warn!(object = %d.object, file, problem = %d.message, "route problem");
         }
         if kind == "full" {
             logged = now;

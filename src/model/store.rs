@@ -25,6 +25,10 @@ pub struct Objects {
     pub ingress_classes: Kind<IngressClass>,
     pub namespaces: Kind<Namespace>,
     pub secrets: Kind<Secret>,
+    /// `Kind namespace/name` → where the object came from (a file, for the
+    /// manifests source), so problems can name it. Not compared by
+    /// `change_from`.
+    pub origins: BTreeMap<String, Arc<str>>,
 }
 
 /// What differs between two stores, as far as compiling cares.

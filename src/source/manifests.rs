@@ -5,7 +5,7 @@
 //! whose size or mtime changed are parsed again. Changes are seen through
 //! inotify (notify) with a slow poll as a backstop.
 
-use crate::model::parse::{parse_text, DocError};
+use crate::model::parse::{parse_text, DocError, Object};
 use crate::model::Objects;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +101,8 @@ impl ManifestsDir {
             merge(&mut all.ingress_classes, &o.ingress_classes);
             merge(&mut all.namespaces, &o.namespaces);
             merge(&mut all.secrets, &o.secrets);
+            all.origins
+                .extend(o.origins.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         all
     }
@@ -192,7 +194,16 @@ fn read_file(path: &Path, stamp: (SystemTime, u64)) -> FileState {
     let json = path.extension().is_some_and(|e| e == "json");
     let (objs, errors) = parse_text(&text, json);
     let mut objects = Objects::default();
+    let origin: Arc<str> = Arc::from(path.display().to_string());
     for o in objs {
+        let m = o.meta();
+        let ns = match o {
+            Object::Namespace(_) | Object::IngressClass(_) => String::new(),
+            _ => format!("{}/", m.ns()),
+        };
+        objects
+            .origins
+            .insert(format!("{} {ns}{}", o.kind(), m.name), origin.clone());
         objects.insert(o);
     }
     FileState {

@@ -277,3 +277,21 @@ async fn insecure_edge_termination_policy_on_the_plain_port() {
     );
     r.stop().await;
 }
+
+#[tokio::test]
+async fn external_name_services_resolve_by_dns() {
+    let up = Upstream::start("external").await;
+    let svc = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ext}}\nspec:\n  type: ExternalName\n  externalName: localhost\n  ports: [{{name: http, port: 80, targetPort: {}}}]\n",
+        up.port()
+    );
+    let text = format!(
+        "{svc}{}",
+        simple_route("default", "ext", "ext.example.com", "", "ext")
+    );
+    let r = TestRouter::start(&[("ext.yaml", &text)]).await;
+    let reply = r.get("ext.example.com", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.echoed("name"), Some("external"));
+    r.stop().await;
+}
