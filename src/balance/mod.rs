@@ -17,9 +17,16 @@ pub struct Pick {
 }
 
 impl Pick {
-    pub fn resolve<'a>(&self, set: &'a BackendSet) -> (&'a BackendGroup, &'a Endpoint) {
+    pub fn resolve<'a>(
+        &self,
+        set: &'a BackendSet,
+    ) -> (&'a BackendGroup, &'a Endpoint, &'a http::uri::Authority) {
         let g = &set.groups[self.group];
-        (g, &g.endpoints[self.endpoint])
+        (
+            g,
+            &g.endpoints[self.endpoint],
+            &g.authorities[self.endpoint],
+        )
     }
 }
 
@@ -100,14 +107,14 @@ mod tests {
     use crate::table::UpstreamProtocol;
 
     fn group(weight: u32, n: usize, base: u16) -> BackendGroup {
-        BackendGroup {
-            service: ("ns".into(), format!("s{base}")),
+        BackendGroup::new(
+            ("ns".into(), format!("s{base}")),
             weight,
-            protocol: UpstreamProtocol::Http1,
-            endpoints: (0..n)
+            UpstreamProtocol::Http1,
+            (0..n)
                 .map(|i| Endpoint::Socket(([127, 0, 0, 1], base + i as u16).into()))
                 .collect(),
-        }
+        )
     }
 
     #[test]

@@ -252,12 +252,12 @@ fn backend_set(
                     object: object.to_owned(),
                     message,
                 }));
-                groups.push(BackendGroup {
-                    service: t.service.clone(),
-                    weight: t.weight,
+                groups.push(BackendGroup::new(
+                    t.service.clone(),
+                    t.weight,
                     protocol,
-                    endpoints: endpoints.into_boxed_slice(),
-                });
+                    endpoints,
+                ));
             }
             None => missing.push(format!("{}/{}", t.service.0, t.service.1)),
         }

@@ -86,14 +86,10 @@ impl Upstreams {
     pub async fn send(
         &self,
         endpoint: &Endpoint,
+        authority: &Authority,
         protocol: UpstreamProtocol,
         mut req: Request<RetryBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let authority = match endpoint {
-            Endpoint::Socket(a) => Authority::try_from(a.to_string()),
-            Endpoint::Dns { host, port } => Authority::try_from(format!("{host}:{port}")),
-        }
-        .map_err(|_| UpstreamError::BadAddress(endpoint.to_string()))?;
         let pq = req
             .uri()
             .path_and_query()
@@ -101,7 +97,7 @@ impl Upstreams {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(authority)
+            .authority(authority.clone())
             .path_and_query(pq)
             .build()
             .map_err(|_| UpstreamError::BadAddress(endpoint.to_string()))?;

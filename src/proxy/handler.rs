@@ -9,7 +9,7 @@ use super::{ConnInfo, Proxy};
 use crate::balance::{self, Pick};
 use crate::model::admission::InsecurePolicy;
 use crate::pool::{RetryBody, RetrySlot, UpstreamError};
-use crate::table::{RouteEntry, UpstreamProtocol};
+use crate::table::{Endpoint, RouteEntry, UpstreamProtocol};
 use crate::telemetry::access_log::LogLine;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -70,7 +70,7 @@ async fn forward(
     mut req: Request<Incoming>,
     route: &Arc<RouteEntry>,
     host_value: &HeaderValue,
-) -> (Response<ProxyBody>, Option<String>) {
+) -> (Response<ProxyBody>, Option<Endpoint>) {
     let host = host_value.to_str().unwrap_or("");
     if route.termination.is_some() && !conn.tls {
         match route.insecure {
@@ -119,6 +119,7 @@ async fn forward(
             port_value: &conn.port_value,
             proto: if conn.tls { "https" } else { "http" },
             host,
+            host_value,
         },
     );
 
@@ -147,8 +148,8 @@ async fn forward(
                 last_endpoint,
             );
         };
-        let (group, endpoint) = pick.resolve(&route.backends);
-        last_endpoint = Some(endpoint.to_string());
+        let (group, endpoint, authority) = pick.resolve(&route.backends);
+        last_endpoint = Some(endpoint.clone());
         let may_retry = tried.len() + 1 < MAX_ATTEMPTS.min(endpoints);
         let h = if may_retry {
             headers.clone().unwrap_or_default()
@@ -169,7 +170,7 @@ async fn forward(
         };
         let sent = tokio::time::timeout(
             route.settings.timeout,
-            proxy.upstreams.send(endpoint, protocol, up),
+            proxy.upstreams.send(endpoint, authority, protocol, up),
         )
         .await;
         match sent {

@@ -74,6 +74,8 @@ pub struct ClientSide<'a> {
     pub port_value: &'a HeaderValue,
     pub proto: &'static str,
     pub host: &'a str,
+    /// `host` as the client sent it, reused for X-Forwarded-Host.
+    pub host_value: &'a HeaderValue,
 }
 
 /// Apply `set-forwarded-headers` to a request going upstream.
@@ -107,9 +109,7 @@ pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<
             set(h, &X_FORWARDED_FOR, c.ip_value.clone())
         }
     }
-    if let Ok(v) = HeaderValue::from_str(c.host) {
-        set(h, &X_FORWARDED_HOST, v);
-    }
+    set(h, &X_FORWARDED_HOST, c.host_value.clone());
     set(h, &X_FORWARDED_PORT, c.port_value.clone());
     set(h, &X_FORWARDED_PROTO, HeaderValue::from_static(c.proto));
     let for_ = match c.ip {
@@ -186,7 +186,9 @@ mod tests {
     }
 
     fn side<'a>(ip: IpAddr, ipv: &'a HeaderValue, port: &'a HeaderValue) -> ClientSide<'a> {
+        static HOST: HeaderValue = HeaderValue::from_static("www.example.com");
         ClientSide {
+            host_value: &HOST,
             ip,
             ip_value: ipv,
             port_value: port,

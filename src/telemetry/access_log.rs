@@ -3,7 +3,7 @@
 //! When the queue is full the line is dropped and counted, never waited for.
 
 use crate::proxy::ConnInfo;
-use crate::table::RouteEntry;
+use crate::table::{Endpoint, RouteEntry};
 use http::{Method, Request, StatusCode, Uri, Version};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ pub struct LogLine {
     version: Version,
     pub route: Option<Arc<RouteEntry>>,
     status: u16,
-    endpoint: Option<String>,
+    endpoint: Option<Endpoint>,
     duration: Duration,
 }
 
@@ -43,7 +43,7 @@ impl LogLine {
         }
     }
 
-    pub fn finish(&mut self, status: StatusCode, endpoint: Option<String>, duration: Duration) {
+    pub fn finish(&mut self, status: StatusCode, endpoint: Option<Endpoint>, duration: Duration) {
         self.status = status.as_u16();
         self.endpoint = endpoint;
         self.duration = duration;
@@ -65,7 +65,7 @@ impl LogLine {
             "duration_ms": self.duration.as_secs_f64() * 1000.0,
             "namespace": self.route.as_ref().map(|r| &*r.namespace),
             "route": self.route.as_ref().map(|r| &*r.name),
-            "endpoint": self.endpoint,
+            "endpoint": self.endpoint.as_ref().map(|e| e.to_string()),
         })
     }
 }
