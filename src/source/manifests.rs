@@ -229,8 +229,16 @@ pub fn spawn_watch(mut manifests: ManifestsDir) -> watch::Receiver<Arc<Objects>>
     let watcher = {
         use notify::Watcher;
         let ev_tx = ev_tx.clone();
-        let w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = ev_tx.send(());
+        let w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Our own scans open and read the files: those access events must
+            // not start another scan, or the watcher feeds itself.
+            let relevant = match res {
+                Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
+                Err(_) => true,
+            };
+            if relevant {
+                let _ = ev_tx.send(());
+            }
         });
         match w {
             Ok(mut w) => match w.watch(manifests.dir(), notify::RecursiveMode::Recursive) {
