@@ -150,8 +150,14 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
         .ok()
         .and_then(|v| v.parse().ok())
         .or(workers);
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers.filter(|n| *n > 0) {
+    // One worker: the current-thread scheduler does the same work without
+    // the work-stealing machinery (measured faster in benches/load).
+    let mut b = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
         b.worker_threads(n);
     }
     b.enable_all().build().context("starting the runtime")

@@ -17,16 +17,9 @@ pub struct Pick {
 }
 
 impl Pick {
-    pub fn resolve<'a>(
-        &self,
-        set: &'a BackendSet,
-    ) -> (&'a BackendGroup, &'a Endpoint, &'a http::uri::Authority) {
+    pub fn resolve<'a>(&self, set: &'a BackendSet) -> (&'a BackendGroup, &'a Endpoint) {
         let g = &set.groups[self.group];
-        (
-            g,
-            &g.endpoints[self.endpoint],
-            &g.authorities[self.endpoint],
-        )
+        (g, &g.endpoints[self.endpoint])
     }
 }
 

@@ -1,52 +1,71 @@
-//! A request body that survives a failed connect: the client's body stays
-//! in a shared slot until the upstream connection first polls it, so the
-//! same request can be sent to the next endpoint.
+//! The upstream's response body, streamed to the client. An HTTP/1.1
+//! connection goes back to the pool when its body has been read to the end;
+//! a body abandoned half-way (client gone) takes its connection with it, as
+//! the connection still has unread bytes.
 
+use super::{Inner, H1};
+use crate::table::Endpoint;
 use bytes::Bytes;
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// Shared between the attempts of one request.
-pub type RetrySlot = Arc<Mutex<Option<Incoming>>>;
-
-/// The body sent upstream.
-#[derive(Debug)]
-pub struct RetryBody {
-    slot: Option<RetrySlot>,
-    taken: Option<Incoming>,
-    hint: SizeHint,
+/// What to give back when the body ends.
+struct Return {
+    pool: Arc<Inner>,
+    endpoint: Endpoint,
+    sender: H1,
 }
 
-impl RetryBody {
-    /// No body (GET, HEAD, …): nothing to keep.
-    pub fn empty() -> Self {
-        RetryBody {
-            slot: None,
-            taken: None,
-            hint: SizeHint::with_exact(0),
-        }
-    }
+pub struct UpstreamBody {
+    body: Incoming,
+    back: Option<Return>,
+}
 
-    /// A body taken from `slot` on first poll.
-    pub fn from_slot(slot: RetrySlot, hint: SizeHint) -> Self {
-        RetryBody {
-            slot: Some(slot),
-            taken: None,
-            hint,
-        }
-    }
-
-    /// Whether this attempt has started reading the client's body (then a
-    /// retry is impossible).
-    pub fn slot_is_empty(slot: &RetrySlot) -> bool {
-        slot.lock().map(|s| s.is_none()).unwrap_or(true)
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.back.is_some())
+            .finish()
     }
 }
 
-impl Body for RetryBody {
+impl UpstreamBody {
+    pub(crate) fn plain(body: Incoming) -> Self {
+        UpstreamBody { body, back: None }
+    }
+
+    pub(crate) fn pooled(
+        resp: Response<Incoming>,
+        pool: Arc<Inner>,
+        endpoint: &Endpoint,
+        sender: H1,
+    ) -> Response<Self> {
+        // 101: the connection now belongs to the upgrade, never to the pool.
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(Self::plain);
+        }
+        let done = resp.body().is_end_stream();
+        let back = Return {
+            pool,
+            endpoint: endpoint.clone(),
+            sender,
+        };
+        if done {
+            back.pool.put_idle(&back.endpoint, back.sender);
+            return resp.map(Self::plain);
+        }
+        resp.map(|body| UpstreamBody {
+            body,
+            back: Some(back),
+        })
+    }
+}
+
+impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -54,33 +73,31 @@ impl Body for RetryBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.taken.is_none() {
-            let Some(slot) = self.slot.take() else {
-                return Poll::Ready(None);
-            };
-            // Poisoning needs a panic while holding the lock; none can happen.
-            self.taken = slot.lock().ok().and_then(|mut s| s.take());
-            if self.taken.is_none() {
-                return Poll::Ready(None);
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(b) = self.back.take() {
+                    b.pool.put_idle(&b.endpoint, b.sender);
+                }
             }
+            // The server stops polling once the body says it is complete,
+            // so the last data frame is where the connection goes back.
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
+                if let Some(b) = self.back.take() {
+                    b.pool.put_idle(&b.endpoint, b.sender);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
         }
-        match self.taken.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.taken {
-            Some(b) => b.is_end_stream(),
-            None => self.slot.is_none() || self.hint.exact() == Some(0),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.taken {
-            Some(b) => b.size_hint(),
-            None => self.hint,
-        }
+        self.body.size_hint()
     }
 }

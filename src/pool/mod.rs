@@ -1,26 +1,34 @@
-//! Upstream connections: HTTP/1.1 keep-alive and HTTP/2 cleartext (h2c)
-//! pools, keyed by endpoint address, shared by every route.
+//! Upstream connections: HTTP/1.1 keep-alive and HTTP/2 cleartext (h2c),
+//! pooled per endpoint, shared by every route.
 //!
-//! Owns connecting and reuse; must not choose endpoints (that is `balance`)
-//! or look at routes.
+//! Connecting is separate from sending, so a connect failure can move to the
+//! next endpoint before the request (and its body) is committed anywhere.
+//! Owns connecting and reuse; must not choose endpoints (`balance`) or look
+//! at routes.
 
 mod body;
+mod fxhash;
 
-pub use body::{RetryBody, RetrySlot};
+pub use body::UpstreamBody;
 
+use crate::io::Flat;
 use crate::table::{Endpoint, UpstreamProtocol};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::time::Duration;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this.
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
 }
@@ -35,94 +43,283 @@ impl Default for PoolConfig {
     }
 }
 
-/// Why an upstream exchange failed, and whether another endpoint may be
-/// tried.
+/// A connection could not be made; nothing was sent.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// Nothing was sent: the next endpoint may be tried.
-    #[error("connect to {endpoint} failed: {source}")]
-    Connect {
-        endpoint: String,
-        source: hyper_util::client::legacy::Error,
-    },
-    /// The request may have reached the endpoint: not retried.
-    #[error("upstream {endpoint}: {source}")]
-    Exchange {
-        endpoint: String,
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("bad upstream address {0}")]
-    BadAddress(String),
+#[error("connect to {endpoint}: {source}")]
+pub struct ConnectError {
+    pub endpoint: String,
+    pub source: io::Error,
 }
 
-/// Both pools.
+/// The exchange failed after the request was handed to a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {endpoint}: {source}")]
+pub struct ExchangeError {
+    pub endpoint: String,
+    pub source: hyper::Error,
+}
+
+type H1 = http1::SendRequest<Incoming>;
+type H2 = http2::SendRequest<Incoming>;
+
+struct IdleConn {
+    sender: H1,
+    since: Instant,
+}
+
+pub(crate) struct Inner {
+    cfg: PoolConfig,
+    idle: Mutex<HashMap<Endpoint, Vec<IdleConn>, fxhash::Build>>,
+    h2: Mutex<HashMap<Endpoint, H2, fxhash::Build>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// Both pools, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, RetryBody>,
-    h2c: Client<HttpConnector, RetryBody>,
+    inner: Arc<Inner>,
+}
+
+/// A connection ready to carry one request.
+pub enum Conn {
+    H1 { sender: H1, reused: bool },
+    H2(H2),
 }
 
 impl Upstreams {
+    /// Create the pools and start the idle sweeper (needs a runtime).
     pub fn new(cfg: &PoolConfig) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(cfg.connect_timeout));
-        conn.set_nodelay(true);
-        conn.enforce_http(true);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_max_idle_per_host(cfg.max_idle_per_endpoint)
-            .set_host(false)
-            .retry_canceled_requests(true);
-        let http1 = b.build(conn.clone());
-        b.http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(30));
-        let h2c = b.build(conn);
-        Upstreams { http1, h2c }
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            idle: Mutex::new(HashMap::default()),
+            h2: Mutex::new(HashMap::default()),
+        });
+        let weak = Arc::downgrade(&inner);
+        let every = (cfg.idle_timeout / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.sweep();
+            }
+        });
+        Upstreams { inner }
     }
 
-    /// Send `req` (whose URI holds only path and query) to `endpoint`.
+    /// A pooled connection to `endpoint`, or a new one.
+    pub async fn checkout(
+        &self,
+        endpoint: &Endpoint,
+        protocol: UpstreamProtocol,
+    ) -> Result<Conn, ConnectError> {
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                while let Some(mut c) = self.inner.pop_idle(endpoint) {
+                    if c.since.elapsed() > self.inner.cfg.idle_timeout {
+                        continue;
+                    }
+                    // Returned at end of body; the connection task may still
+                    // be finishing the exchange. Closed → try the next one.
+                    if c.sender.is_ready() || c.sender.ready().await.is_ok() {
+                        return Ok(Conn::H1 {
+                            sender: c.sender,
+                            reused: true,
+                        });
+                    }
+                }
+                Ok(Conn::H1 {
+                    sender: self.connect_h1(endpoint).await?,
+                    reused: false,
+                })
+            }
+            UpstreamProtocol::H2c => {
+                let existing = lock(&self.inner.h2)
+                    .get(endpoint)
+                    .filter(|s| !s.is_closed())
+                    .cloned();
+                if let Some(s) = existing {
+                    return Ok(Conn::H2(s));
+                }
+                let s = self.connect_h2(endpoint).await?;
+                lock(&self.inner.h2).insert(endpoint.clone(), s.clone());
+                Ok(Conn::H2(s))
+            }
+        }
+    }
+
+    /// Send on `conn`. A stale pooled HTTP/1.1 connection that closed before
+    /// the request was written gets the request back, and it is sent once
+    /// more on a fresh connection to the same endpoint.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
-        authority: &Authority,
-        protocol: UpstreamProtocol,
-        mut req: Request<RetryBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| UpstreamError::BadAddress(endpoint.to_string()))?;
-        let client = match protocol {
-            UpstreamProtocol::Http1 => {
-                *req.version_mut() = http::Version::HTTP_11;
-                &self.http1
+        conn: Conn,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, ExchangeError> {
+        let exchange_err = |source| ExchangeError {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        match conn {
+            Conn::H2(mut s) => {
+                let resp = s.send_request(req).await.map_err(exchange_err)?;
+                Ok(resp.map(UpstreamBody::plain))
             }
-            UpstreamProtocol::H2c => {
-                *req.version_mut() = http::Version::HTTP_2;
-                &self.h2c
+            Conn::H1 { mut sender, reused } => {
+                let resp = match sender.try_send_request(req).await {
+                    Ok(r) => r,
+                    Err(mut e) => match (reused, e.take_message()) {
+                        (true, Some(req)) => {
+                            debug!(%endpoint, "pooled connection closed under us; reconnecting");
+                            sender = self
+                                .connect_h1(endpoint)
+                                .await
+                                .map_err(|c| exchange_err(hyper_error_from(e.into_error(), c)))?;
+                            sender.send_request(req).await.map_err(exchange_err)?
+                        }
+                        _ => return Err(exchange_err(e.into_error())),
+                    },
+                };
+                Ok(UpstreamBody::pooled(
+                    resp,
+                    self.inner.clone(),
+                    endpoint,
+                    sender,
+                ))
+            }
+        }
+    }
+
+    async fn tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
+        let timeout = self.inner.cfg.connect_timeout;
+        let err = |source| ConnectError {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+        let stream = match endpoint {
+            Endpoint::Socket(a) => tokio::time::timeout(timeout, TcpStream::connect(a))
+                .await
+                .map_err(|_| err(timed_out()))?
+                .map_err(err)?,
+            Endpoint::Dns { host, port } => {
+                let addrs: Vec<_> =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host((&**host, *port)))
+                        .await
+                        .map_err(|_| err(timed_out()))?
+                        .map_err(err)?
+                        .collect();
+                let mut last =
+                    io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+                let mut found = None;
+                for a in addrs {
+                    match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
+                        Ok(Ok(s)) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Ok(Err(e)) => last = e,
+                        Err(_) => last = timed_out(),
+                    }
+                }
+                found.ok_or_else(|| err(last))?
             }
         };
-        client.request(req).await.map_err(|source| {
-            if source.is_connect() {
-                UpstreamError::Connect {
-                    endpoint: endpoint.to_string(),
-                    source,
-                }
-            } else {
-                UpstreamError::Exchange {
-                    endpoint: endpoint.to_string(),
-                    source,
-                }
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<H1, ConnectError> {
+        let stream = self.tcp(endpoint).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(Flat(stream)))
+            .await
+            .map_err(|e| ConnectError {
+                endpoint: endpoint.to_string(),
+                source: io::Error::other(e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream connection ended with an error");
             }
-        })
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2(&self, endpoint: &Endpoint) -> Result<H2, ConnectError> {
+        let stream = self.tcp(endpoint).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(Flat(stream)))
+            .await
+            .map_err(|e| ConnectError {
+                endpoint: endpoint.to_string(),
+                source: io::Error::other(e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Idle HTTP/1.1 connections held, over all endpoints.
+    pub fn idle_count(&self) -> usize {
+        lock(&self.inner.idle).values().map(Vec::len).sum()
+    }
+}
+
+/// The retry's connect failed too: report the original error (it says why
+/// the pooled connection was unusable) and log the connect failure.
+fn hyper_error_from(original: hyper::Error, connect: ConnectError) -> hyper::Error {
+    debug!(error = %connect, "reconnect after a stale pooled connection failed");
+    original
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a pool lock cannot leave the map inconsistent
+    // (every critical section is a single insert/remove), so poisoning is
+    // ignored rather than spread.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn pop_idle(&self, endpoint: &Endpoint) -> Option<IdleConn> {
+        lock(&self.idle).get_mut(endpoint).and_then(Vec::pop)
+    }
+
+    pub(crate) fn put_idle(&self, endpoint: &Endpoint, sender: H1) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let list = match idle.get_mut(endpoint) {
+            Some(l) => l,
+            None => idle.entry(endpoint.clone()).or_default(),
+        };
+        if list.len() < self.cfg.max_idle_per_endpoint {
+            list.push(IdleConn {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    fn sweep(&self) {
+        let max = self.cfg.idle_timeout;
+        let mut idle = lock(&self.idle);
+        idle.retain(|_, list| {
+            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= max);
+            !list.is_empty()
+        });
+        drop(idle);
+        lock(&self.h2).retain(|_, s| !s.is_closed());
     }
 }

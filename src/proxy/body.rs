@@ -1,15 +1,15 @@
 //! The response body handed to clients: the upstream's, streamed, or a short
 //! local one. An enum, not a box: no allocation per response.
 
+use crate::pool::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 

@@ -8,13 +8,11 @@ use super::local;
 use super::{ConnInfo, Proxy};
 use crate::balance::{self, Pick};
 use crate::model::admission::InsecurePolicy;
-use crate::pool::{RetryBody, RetrySlot, UpstreamError};
 use crate::table::{Endpoint, RouteEntry, UpstreamProtocol};
 use crate::telemetry::access_log::LogLine;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body::Body;
 use hyper::body::Incoming;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, warn};
 
@@ -103,15 +101,15 @@ async fn forward(
     let wants_upgrade =
         req.version() <= http::Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut headers = parts.headers;
-    let upgrade = strip_hop_by_hop(&mut headers) && wants_upgrade;
+    let (mut parts, body) = req.into_parts();
+    let headers = &mut parts.headers;
+    let upgrade = strip_hop_by_hop(headers) && wants_upgrade;
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.insert(header::HOST, host_value.clone());
     set_forwarded(
-        &mut headers,
+        headers,
         route.settings.forwarded,
         &ClientSide {
             ip: conn.peer.ip(),
@@ -123,128 +121,137 @@ async fn forward(
         },
     );
 
-    let (slot, hint): (Option<RetrySlot>, _) = if body.is_end_stream() {
-        (None, body.size_hint())
-    } else {
-        let hint = body.size_hint();
-        (Some(Arc::new(Mutex::new(Some(body)))), hint)
-    };
+    let pq = parts.uri.path_and_query().cloned();
+    let mut up = Request::from_parts(parts, body);
+    // Connect first: a refused or timed-out connect moves to the next
+    // endpoint while the request is still whole in our hands.
+    let mut tried: Vec<Pick> = Vec::new();
     let endpoints: usize = route
         .backends
         .groups
         .iter()
         .map(|g| g.endpoints.len())
         .sum();
-    let mut tried: Vec<Pick> = Vec::new();
-    let mut last_endpoint = None;
-    let mut headers = Some(headers);
-    loop {
+    let (endpoint, conn) = loop {
         let Some(pick) = balance::pick(&route.backends, &tried) else {
             return (
                 local::text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no endpoint accepted the connection",
                 ),
-                last_endpoint,
+                None,
             );
         };
-        let (group, endpoint, authority) = pick.resolve(&route.backends);
-        last_endpoint = Some(endpoint.clone());
-        let may_retry = tried.len() + 1 < MAX_ATTEMPTS.min(endpoints);
-        let h = if may_retry {
-            headers.clone().unwrap_or_default()
-        } else {
-            headers.take().unwrap_or_default()
-        };
-        let mut up = Request::new(match &slot {
-            Some(s) => RetryBody::from_slot(s.clone(), hint),
-            None => RetryBody::empty(),
-        });
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = parts.uri.clone();
-        *up.headers_mut() = h;
+        let (group, endpoint) = pick.resolve(&route.backends);
         let protocol = if upgrade {
             UpstreamProtocol::Http1
         } else {
             group.protocol
         };
-        let sent = tokio::time::timeout(
-            route.settings.timeout,
-            proxy.upstreams.send(endpoint, authority, protocol, up),
-        )
-        .await;
-        match sent {
-            Err(_) => {
-                warn!(route = %route.name, namespace = %route.namespace, %endpoint, "upstream timed out");
-                return (
-                    local::text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the upstream did not answer in time",
-                    ),
-                    last_endpoint,
-                );
+        match proxy.upstreams.checkout(endpoint, protocol).await {
+            Ok(conn) => {
+                set_target(&mut up, protocol, host, pq);
+                break (endpoint.clone(), conn);
             }
-            Ok(Ok(mut resp)) => {
-                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client) = client_upgrade {
-                        let upstream = hyper::upgrade::on(&mut resp);
-                        super::tunnel::spawn(client, upstream, route.settings.tunnel_timeout);
-                    }
-                    let (parts, _) = resp.into_parts();
-                    return (
-                        Response::from_parts(parts, ProxyBody::empty()),
-                        last_endpoint,
-                    );
-                }
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                return (
-                    Response::from_parts(parts, ProxyBody::Upstream(body)),
-                    last_endpoint,
-                );
-            }
-            Ok(Err(UpstreamError::Connect { endpoint, source })) => {
-                let retryable = slot.as_ref().is_none_or(|s| !RetryBody::slot_is_empty(s));
-                warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %source, retry = retryable && may_retry, "upstream connect failed");
-                if !retryable || !may_retry {
+            Err(e) => {
+                tried.push(pick);
+                let retry = tried.len() < MAX_ATTEMPTS.min(endpoints);
+                warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, retry, "upstream connect failed");
+                if !retry {
                     return (
                         local::text(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no endpoint accepted the connection",
                         ),
-                        last_endpoint,
+                        Some(endpoint.clone()),
                     );
                 }
-                tried.push(pick);
             }
-            Ok(Err(e)) => {
-                debug!(route = %route.name, namespace = %route.namespace, error = %e, "upstream exchange failed");
-                let detail = if is_timeout(&e) {
-                    return (
-                        local::text(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "the upstream did not answer in time",
-                        ),
-                        last_endpoint,
-                    );
-                } else {
-                    "the upstream closed or reset the connection"
-                };
-                return (local::text(StatusCode::BAD_GATEWAY, detail), last_endpoint);
+        }
+    };
+    let sent = tokio::time::timeout(
+        route.settings.timeout,
+        proxy.upstreams.send(&endpoint, conn, up),
+    )
+    .await;
+    match sent {
+        Err(_) => {
+            warn!(route = %route.name, namespace = %route.namespace, %endpoint, "upstream timed out");
+            (
+                local::text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                ),
+                Some(endpoint),
+            )
+        }
+        Ok(Ok(mut resp)) => {
+            if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client) = client_upgrade {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    super::tunnel::spawn(client, upstream, route.settings.tunnel_timeout);
+                }
+                let (parts, _) = resp.into_parts();
+                return (
+                    Response::from_parts(parts, ProxyBody::empty()),
+                    Some(endpoint),
+                );
             }
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            (
+                Response::from_parts(parts, ProxyBody::Upstream(body)),
+                Some(endpoint),
+            )
+        }
+        Ok(Err(e)) => {
+            debug!(route = %route.name, namespace = %route.namespace, error = %e, "upstream exchange failed");
+            if e.source.is_timeout() {
+                return (
+                    local::text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the upstream did not answer in time",
+                    ),
+                    Some(endpoint),
+                );
+            }
+            (
+                local::text(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream closed or reset the connection",
+                ),
+                Some(endpoint),
+            )
         }
     }
 }
 
-fn is_timeout(e: &UpstreamError) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_timeout() {
-                return true;
+/// HTTP/1.1 upstreams get origin-form (`/path?q`), whatever form the client
+/// used; HTTP/2 upstreams get the client's host as `:authority`.
+fn set_target<B>(
+    req: &mut Request<B>,
+    protocol: UpstreamProtocol,
+    host: &str,
+    pq: Option<http::uri::PathAndQuery>,
+) {
+    let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            *req.version_mut() = http::Version::HTTP_11;
+            if req.uri().scheme().is_some() || req.uri().path_and_query() != Some(&pq) {
+                *req.uri_mut() = http::Uri::from(pq);
             }
         }
-        src = s.source();
+        UpstreamProtocol::H2c => {
+            *req.version_mut() = http::Version::HTTP_2;
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority(host)
+                .path_and_query(pq)
+                .build();
+            if let Ok(u) = uri {
+                *req.uri_mut() = u;
+            }
+        }
     }
-    false
 }

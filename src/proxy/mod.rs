@@ -6,6 +6,7 @@
 mod body;
 mod handler;
 pub mod headers;
+
 mod local;
 mod tunnel;
 

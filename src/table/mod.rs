@@ -126,9 +126,6 @@ pub struct BackendGroup {
     pub weight: u32,
     pub protocol: UpstreamProtocol,
     pub endpoints: Box<[Endpoint]>,
-    /// `endpoints[i]` as a URI authority, rendered once here instead of on
-    /// every request.
-    pub authorities: Box<[http::uri::Authority]>,
 }
 
 impl BackendGroup {
@@ -138,21 +135,11 @@ impl BackendGroup {
         protocol: UpstreamProtocol,
         endpoints: Vec<Endpoint>,
     ) -> Self {
-        // An endpoint whose authority cannot be rendered is dropped with it,
-        // keeping the two lists aligned.
-        let (endpoints, authorities): (Vec<_>, Vec<_>) = endpoints
-            .into_iter()
-            .filter_map(|e| {
-                let a = http::uri::Authority::try_from(e.to_string()).ok()?;
-                Some((e, a))
-            })
-            .unzip();
         BackendGroup {
             service,
             weight,
             protocol,
             endpoints: endpoints.into_boxed_slice(),
-            authorities: authorities.into_boxed_slice(),
         }
     }
 }
