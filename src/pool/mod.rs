@@ -9,12 +9,11 @@
 mod body;
 mod fxhash;
 
-pub use body::UpstreamBody;
+pub use body::{RequestBody, UpstreamBody};
 
 use crate::io::Flat;
 use crate::table::{Endpoint, UpstreamProtocol};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -57,10 +56,45 @@ pub struct ConnectError {
 pub struct ExchangeError {
     pub endpoint: String,
     pub source: hyper::Error,
+    /// The request went out on a pooled connection that then failed before
+    /// any response byte: the upstream most likely closed it while idle,
+    /// and a safe request may be sent again on a fresh connection.
+    pub stale: bool,
 }
 
-type H1 = http1::SendRequest<Incoming>;
-type H2 = http2::SendRequest<Incoming>;
+impl ExchangeError {
+    fn new(endpoint: &Endpoint, source: hyper::Error, reused: bool) -> Self {
+        let stale = reused && no_response(&source);
+        ExchangeError {
+            endpoint: endpoint.to_string(),
+            source,
+            stale,
+        }
+    }
+}
+
+/// Did the exchange die before a response started (closed, reset)?
+fn no_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        src = s.source();
+    }
+    false
+}
+
+type H1 = http1::SendRequest<RequestBody>;
+type H2 = http2::SendRequest<RequestBody>;
 
 struct IdleConn {
     sender: H1,
@@ -91,6 +125,13 @@ pub enum Conn {
     H2(H2),
 }
 
+impl Conn {
+    /// Whether this connection carried earlier requests.
+    pub fn is_reused(&self) -> bool {
+        matches!(self, Conn::H1 { reused: true, .. })
+    }
+}
+
 impl Upstreams {
     /// Create the pools and start the idle sweeper (needs a runtime).
     pub fn new(cfg: &PoolConfig) -> Self {
@@ -109,6 +150,21 @@ impl Upstreams {
             }
         });
         Upstreams { inner }
+    }
+
+    /// A new connection to `endpoint`, never a pooled one.
+    pub async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        protocol: UpstreamProtocol,
+    ) -> Result<Conn, ConnectError> {
+        Ok(match protocol {
+            UpstreamProtocol::Http1 => Conn::H1 {
+                sender: self.connect_h1(endpoint).await?,
+                reused: false,
+            },
+            UpstreamProtocol::H2c => Conn::H2(self.connect_h2(endpoint).await?),
+        })
     }
 
     /// A pooled connection to `endpoint`, or a new one.
@@ -159,15 +215,14 @@ impl Upstreams {
         &self,
         endpoint: &Endpoint,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ExchangeError> {
-        let exchange_err = |source| ExchangeError {
-            endpoint: endpoint.to_string(),
-            source,
-        };
         match conn {
             Conn::H2(mut s) => {
-                let resp = s.send_request(req).await.map_err(exchange_err)?;
+                let resp = s
+                    .send_request(req)
+                    .await
+                    .map_err(|e| ExchangeError::new(endpoint, e, false))?;
                 Ok(resp.map(UpstreamBody::plain))
             }
             Conn::H1 { mut sender, reused } => {
@@ -176,13 +231,21 @@ impl Upstreams {
                     Err(mut e) => match (reused, e.take_message()) {
                         (true, Some(req)) => {
                             debug!(%endpoint, "pooled connection closed under us; reconnecting");
-                            sender = self
-                                .connect_h1(endpoint)
+                            sender = self.connect_h1(endpoint).await.map_err(|c| {
+                                ExchangeError::new(
+                                    endpoint,
+                                    hyper_error_from(e.into_error(), c),
+                                    false,
+                                )
+                            })?;
+                            sender
+                                .send_request(req)
                                 .await
-                                .map_err(|c| exchange_err(hyper_error_from(e.into_error(), c)))?;
-                            sender.send_request(req).await.map_err(exchange_err)?
+                                .map_err(|e| ExchangeError::new(endpoint, e, false))?
                         }
-                        _ => return Err(exchange_err(e.into_error())),
+                        (reused, _) => {
+                            return Err(ExchangeError::new(endpoint, e.into_error(), reused))
+                        }
                     },
                 };
                 Ok(UpstreamBody::pooled(

@@ -8,9 +8,11 @@ use super::local;
 use super::{ConnInfo, Proxy};
 use crate::balance::{self, Pick};
 use crate::model::admission::InsecurePolicy;
+use crate::pool::RequestBody;
 use crate::table::{Endpoint, RouteEntry, UpstreamProtocol};
 use crate::telemetry::access_log::LogLine;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,7 +124,7 @@ async fn forward(
     );
 
     let pq = parts.uri.path_and_query().cloned();
-    let mut up = Request::from_parts(parts, body);
+    let mut up = Request::from_parts(parts, RequestBody::Client(body));
     // Connect first: a refused or timed-out connect moves to the next
     // endpoint while the request is still whole in our hands.
     let mut tried: Vec<Pick> = Vec::new();
@@ -132,7 +134,7 @@ async fn forward(
         .iter()
         .map(|g| g.endpoints.len())
         .sum();
-    let (endpoint, conn) = loop {
+    let (endpoint, protocol, conn) = loop {
         let Some(pick) = balance::pick(&route.backends, &tried) else {
             return (
                 local::text(
@@ -151,7 +153,7 @@ async fn forward(
         match proxy.upstreams.checkout(endpoint, protocol).await {
             Ok(conn) => {
                 set_target(&mut up, protocol, host, pq);
-                break (endpoint.clone(), conn);
+                break (endpoint.clone(), protocol, conn);
             }
             Err(e) => {
                 tried.push(pick);
@@ -169,11 +171,36 @@ async fn forward(
             }
         }
     };
-    let sent = tokio::time::timeout(
-        route.settings.timeout,
-        proxy.upstreams.send(&endpoint, conn, up),
-    )
-    .await;
+    // A safe request without a body, on a reused connection, keeps its head
+    // so it can go out again if the upstream closed that connection while
+    // idle (the keep-alive race every proxy meets).
+    let replay =
+        (conn.is_reused() && is_safe(up.method()) && up.body().is_end_stream()).then(|| {
+            let mut r = Request::new(RequestBody::Empty);
+            *r.method_mut() = up.method().clone();
+            *r.uri_mut() = up.uri().clone();
+            *r.version_mut() = up.version();
+            *r.headers_mut() = up.headers().clone();
+            r
+        });
+    let exchange = async {
+        match proxy.upstreams.send(&endpoint, conn, up).await {
+            Err(e) if e.stale => match replay {
+                Some(req) => {
+                    debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
+                    let fresh = proxy
+                        .upstreams
+                        .connect(&endpoint, protocol)
+                        .await
+                        .map_err(|_| e)?;
+                    proxy.upstreams.send(&endpoint, fresh, req).await
+                }
+                None => Err(e),
+            },
+            other => other,
+        }
+    };
+    let sent = tokio::time::timeout(route.settings.timeout, exchange).await;
     match sent {
         Err(_) => {
             warn!(route = %route.name, namespace = %route.namespace, %endpoint, "upstream timed out");
@@ -254,4 +281,12 @@ fn set_target<B>(
             }
         }
     }
+}
+
+/// Methods a proxy may send twice (RFC 9110 §9.2.1).
+fn is_safe(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
+    )
 }

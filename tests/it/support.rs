@@ -349,3 +349,65 @@ pub async fn send(
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_gatehouse"))
 }
+
+/// A raw HTTP/1.1 upstream that answers each request with keep-alive
+/// semantics and then closes the connection after `linger` (an upstream
+/// whose keep-alive timeout is shorter than the router's pool idle time).
+/// Returns its address and a counter of accepted connections.
+pub async fn closing_upstream(
+    linger: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut have = 0;
+                loop {
+                    let Ok(n) = s.read(&mut buf[have..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    have += n;
+                    if buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(linger).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Counts the connections an upstream accepts by sitting in front of it.
+pub async fn counting_front(
+    target: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
