@@ -123,15 +123,38 @@ impl Objects {
 }
 
 /// Calls `f` for every key present in one map only or with differing values.
+/// One merge walk over both sorted maps; unchanged values compare by pointer.
 fn diff_keys<T: PartialEq>(a: &Kind<T>, b: &Kind<T>, mut f: impl FnMut(&Key)) {
-    for (k, v) in a {
-        if b.get(k) != Some(v) {
-            f(k);
-        }
-    }
-    for k in b.keys() {
-        if !a.contains_key(k) {
-            f(k);
+    use std::cmp::Ordering;
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (ia.peek(), ib.peek()) {
+            (None, None) => return,
+            (Some((k, _)), None) => {
+                f(k);
+                ia.next();
+            }
+            (None, Some((k, _))) => {
+                f(k);
+                ib.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                Ordering::Less => {
+                    f(ka);
+                    ia.next();
+                }
+                Ordering::Greater => {
+                    f(kb);
+                    ib.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(va, vb) && va != vb {
+                        f(ka);
+                    }
+                    ia.next();
+                    ib.next();
+                }
+            },
         }
     }
 }
