@@ -19,6 +19,9 @@
 //!
 //! Run: `cargo bench --bench table` (a couple of minutes on 2 cores).
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use gatehouse::compile::{compile, update_endpoints, CompileConfig};
 use gatehouse::model::store::Change;

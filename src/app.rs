@@ -208,8 +208,11 @@ async fn compile_loop(
             t.statuses.iter().filter(|s| s.admitted).count(),
         );
         let rejected = t.statuses.len() - routes;
-        store.publish(t);
-        prev = Some(current);
+        let old_table = store.publish(t);
+        let old_objects = prev.replace(current);
+        // Freeing a 10k-route table takes milliseconds: not on a thread that
+        // serves requests.
+        tokio::task::spawn_blocking(move || drop((old_table, old_objects)));
         info!(
             generation,
             kind,

@@ -41,16 +41,19 @@ impl TableStore {
         self.current.load_full()
     }
 
-    /// Swap in a complete table; marks the store ready.
-    pub fn publish(&self, table: RoutingTable) {
+    /// Swap in a complete table; marks the store ready. Returns the previous
+    /// table so the caller can drop it off the data path's threads.
+    #[must_use = "drop the previous table where freeing 10k routes does not stall requests"]
+    pub fn publish(&self, table: RoutingTable) -> Arc<RoutingTable> {
         let generation = table.generation;
         debug_assert!({
             table.check_invariants();
             true
         });
-        self.current.store(Arc::new(table));
+        let old = self.current.swap(Arc::new(table));
         self.ready.store(true, Ordering::Release);
         self.generation.send_replace(generation);
+        old
     }
 
     /// True once the first complete table is live.
