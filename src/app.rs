@@ -25,6 +25,7 @@ use tracing::{info, warn};
 pub struct Running {
     /// Where the plain HTTP listener is bound (port 0 resolved).
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub store: Arc<TableStore>,
     shutdown: watch::Sender<bool>,
@@ -80,14 +81,25 @@ pub async fn start_with_source(
         ),
         None => None,
     };
-    if cfg.https.is_some() {
-        warn!("--https is not served yet: TLS arrives with its own issue");
-    }
+    let https = match cfg.https {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding https listener {a}"))?,
+        ),
+        None => None,
+    };
+    let mut compile_cfg = cfg.compile_config();
+    compile_cfg.destination_trust = destination_trust(&cfg.tls)?;
+    let server_tls = match &https {
+        Some(_) => Some(Arc::new(server_tls(&cfg.tls, store.clone())?)),
+        None => None,
+    };
 
     tasks.push(tokio::spawn(compile_loop(
         objects,
         store.clone(),
-        cfg.compile_config(),
+        compile_cfg,
         shutdown_rx.clone(),
     )));
     // Routes are served only once the first table is live (/readyz says so).
@@ -96,23 +108,34 @@ pub async fn start_with_source(
 
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
+    // One proxy (pools, access log) for both listeners.
+    let proxy = Arc::new(Proxy {
+        store: store.clone(),
+        upstreams: Upstreams::new(&PoolConfig {
+            connect_timeout: cfg.timeouts.connect,
+            idle_timeout: cfg.timeouts.upstream_idle,
+            ..PoolConfig::default()
+        }),
+        access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
+    });
+    let settings = ServerSettings {
+        header_timeout: cfg.timeouts.http_request,
+        drain: cfg.timeouts.drain,
+    };
     if let Some(l) = http {
-        let proxy = Arc::new(Proxy {
-            store: store.clone(),
-            upstreams: Upstreams::new(&PoolConfig {
-                connect_timeout: cfg.timeouts.connect,
-                idle_timeout: cfg.timeouts.upstream_idle,
-                ..PoolConfig::default()
-            }),
-            access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
-        });
-        let settings = ServerSettings {
-            header_timeout: cfg.timeouts.http_request,
-            drain: cfg.timeouts.drain,
-        };
         tasks.push(tokio::spawn(proxy::serve_http(
             l,
-            proxy,
+            proxy.clone(),
+            settings.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    if let (Some(l), Some(tls)) = (https, server_tls) {
+        tasks.push(tokio::spawn(crate::tls::listener::serve_https(
+            l,
+            proxy.clone(),
+            tls,
             settings,
             shutdown_rx.clone(),
         )));
@@ -126,12 +149,14 @@ pub async fn start_with_source(
     }
     info!(
         http = %http_addr.map(|a| a.to_string()).unwrap_or_default(),
+        https = %https_addr.map(|a| a.to_string()).unwrap_or_default(),
         admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
         router = %cfg.router_name,
         "gatehouse listening"
     );
     Ok(Running {
         http: http_addr,
+        https: https_addr,
         admin: admin_addr,
         store,
         shutdown,
@@ -223,4 +248,60 @@ async fn compile_loop(
             "table published"
         );
     }
+}
+
+/// How re-encrypt routes without their own CA verify endpoints.
+fn destination_trust(
+    t: &crate::config::TlsSettings,
+) -> anyhow::Result<crate::compile::tls::DestinationTrust> {
+    use crate::compile::tls::DestinationTrust;
+    if let Some(p) = &t.default_destination_ca {
+        let pem = std::fs::read_to_string(p)
+            .with_context(|| format!("reading default destination CA {}", p.display()))?;
+        let roots = crate::tls::certs::root_store(&pem)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        return Ok(DestinationTrust::Ca(Arc::new(roots)));
+    }
+    if t.insecure_skip_reencrypt_verify {
+        warn!("insecure_skip_reencrypt_verify is on: re-encrypt routes without destinationCACertificate do NOT verify their endpoints");
+        return Ok(DestinationTrust::InsecureSkipVerify);
+    }
+    Ok(DestinationTrust::None)
+}
+
+/// The HTTPS listener's TLS: the default certificate (configured or
+/// generated) and the client-certificate policy.
+fn server_tls(
+    t: &crate::config::TlsSettings,
+    store: Arc<TableStore>,
+) -> anyhow::Result<crate::tls::server::ServerTls> {
+    use crate::tls::certs;
+    let default = match &t.default_certificate {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("reading default certificate {}", p.display()))?;
+            certs::certified_key(&pem, &pem, None)
+                .map_err(|e| anyhow::anyhow!("default certificate {}: {e}", p.display()))?
+        }
+        None => {
+            warn!("no tls.default_certificate configured: generated a self-signed default certificate");
+            certs::self_signed(&["gatehouse.invalid"])
+                .map_err(|e| anyhow::anyhow!("generating a default certificate: {e}"))?
+        }
+    };
+    let client_ca = match &t.client_ca {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading client CA {}", p.display()))?,
+        ),
+        None => None,
+    };
+    crate::tls::server::ServerTls::new(
+        store,
+        default,
+        t.client_auth,
+        client_ca.as_deref(),
+        t.handshake_timeout,
+    )
+    .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))
 }

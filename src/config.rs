@@ -32,6 +32,7 @@ pub struct RouterConfig {
     /// Default for `haproxy.router.openshift.io/set-forwarded-headers`.
     pub forwarded_headers: ForwardedPolicy,
     pub timeouts: Timeouts,
+    pub tls: TlsSettings,
     pub access_log: AccessLogMode,
     pub admin_token_file: Option<PathBuf>,
     /// Tokio worker threads (default: one per core).
@@ -52,6 +53,7 @@ impl Default for RouterConfig {
             allowed_domains: Vec::new(),
             forwarded_headers: ForwardedPolicy::Append,
             timeouts: Timeouts::default(),
+            tls: TlsSettings::default(),
             access_log: AccessLogMode::Json,
             admin_token_file: None,
             worker_threads: None,
@@ -104,6 +106,41 @@ impl Default for Timeouts {
     }
 }
 
+/// The HTTPS listener's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file with the default certificate chain and its private key
+    /// (served without SNI and for routes without their own). Without one,
+    /// a self-signed certificate is generated at start.
+    pub default_certificate: Option<PathBuf>,
+    /// CA bundle that verifies re-encrypt endpoints of routes without a
+    /// `destinationCACertificate` (OpenShift's service CA).
+    pub default_destination_ca: Option<PathBuf>,
+    /// Opt-in: re-encrypt without verifying endpoints that have no CA.
+    pub insecure_skip_reencrypt_verify: bool,
+    /// Time allowed for the ClientHello and the handshake.
+    #[serde(deserialize_with = "de_duration")]
+    pub handshake_timeout: Duration,
+    /// Client certificates: off, optional, required (ROUTER_MUTUAL_TLS_AUTH).
+    pub client_auth: crate::tls::server::ClientAuthMode,
+    /// CA bundle for client certificates (ROUTER_MUTUAL_TLS_AUTH_CA).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            default_certificate: None,
+            default_destination_ca: None,
+            insecure_skip_reencrypt_verify: false,
+            handshake_timeout: Duration::from_secs(10),
+            client_auth: crate::tls::server::ClientAuthMode::Off,
+            client_ca: None,
+        }
+    }
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     duration::parse(&s).ok_or_else(|| {
@@ -142,9 +179,15 @@ impl RouterConfig {
             })?
         };
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.manifests, &mut cfg.admin_token_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut cfg.manifests,
+            &mut cfg.admin_token_file,
+            &mut cfg.tls.default_certificate,
+            &mut cfg.tls.default_destination_ca,
+            &mut cfg.tls.client_ca,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -165,6 +208,8 @@ impl RouterConfig {
             default_timeout: self.timeouts.server,
             default_tunnel_timeout: self.timeouts.tunnel,
             forwarded: self.forwarded_headers,
+            cert_cache: Default::default(),
+            destination_trust: Default::default(),
         }
     }
 }

@@ -22,3 +22,4 @@ pub mod proxy;
 pub mod source;
 pub mod table;
 pub mod telemetry;
+pub mod tls;

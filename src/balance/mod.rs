@@ -69,6 +69,33 @@ pub fn pick(set: &BackendSet, tried: &[Pick]) -> Option<Pick> {
         })
 }
 
+/// Pick by a hash of the client (passthrough's `balance source`): the same
+/// client lands on the same endpoint while the endpoint set is unchanged.
+/// Weights 0 get nothing.
+pub fn pick_hashed(set: &BackendSet, key: u64) -> Option<Pick> {
+    let total: usize = set
+        .groups
+        .iter()
+        .filter(|g| g.weight > 0)
+        .map(|g| g.endpoints.len())
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    // Mix the key so neighbouring addresses spread.
+    let mut n = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17) as usize % total;
+    for (gi, g) in set.groups.iter().enumerate().filter(|(_, g)| g.weight > 0) {
+        if n < g.endpoints.len() {
+            return Some(Pick {
+                group: gi,
+                endpoint: n,
+            });
+        }
+        n -= g.endpoints.len();
+    }
+    None
+}
+
 thread_local! {
     static RNG: Cell<u64> = Cell::new(seed());
 }

@@ -5,8 +5,9 @@
 //! changed, sharing everything else with the previous table.
 
 mod endpoints;
+pub mod tls;
 
-use crate::model::admission::{self, Admission, AdmissionPolicy, Candidate, Reason};
+use crate::model::admission::{self, Admission, AdmissionPolicy, Candidate, Reason, Termination};
 use crate::model::{duration, ingress, Key, Objects};
 use crate::table::{
     BackendGroup, BackendSet, ForwardedPolicy, HostRef, HostRoutes, RouteEntry, RouteSettings,
@@ -26,6 +27,10 @@ pub struct CompileConfig {
     /// Tunnel timeout when a route sets none (HAProxy `timeout tunnel`).
     pub default_tunnel_timeout: Duration,
     pub forwarded: ForwardedPolicy,
+    /// Parsed serving certificates, kept between compiles.
+    pub cert_cache: Arc<tls::CertCache>,
+    /// Re-encrypt routes without their own destination CA.
+    pub destination_trust: tls::DestinationTrust,
 }
 
 impl Default for CompileConfig {
@@ -35,6 +40,8 @@ impl Default for CompileConfig {
             default_timeout: Duration::from_secs(30),
             default_tunnel_timeout: Duration::from_secs(3600),
             forwarded: ForwardedPolicy::Append,
+            cert_cache: Arc::default(),
+            destination_trust: tls::DestinationTrust::None,
         }
     }
 }
@@ -56,6 +63,7 @@ pub struct Compiled {
 
 const ANN_TIMEOUT: &str = "haproxy.router.openshift.io/timeout";
 const ANN_TUNNEL: &str = "haproxy.router.openshift.io/timeout-tunnel";
+const ANN_HSTS: &str = "haproxy.router.openshift.io/hsts_header";
 const ANN_FORWARDED: &str = "haproxy.router.openshift.io/set-forwarded-headers";
 
 /// Every candidate route of `objs`: Routes plus those derived from Ingresses.
@@ -68,11 +76,18 @@ pub fn candidates(objs: &Objects) -> Vec<Candidate> {
 /// Build the whole table.
 pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled {
     let candidates = candidates(objs);
+    let certs = tls::CertPass::new(&cfg.cert_cache);
     let Admission {
         admitted,
         mut statuses,
-    } = admission::admit(&candidates, &cfg.admission);
+    } = {
+        let pass = &certs;
+        admission::admit_with(&candidates, &cfg.admission, &|c| pass.validate(c))
+    };
     let slices = SliceIndex::new(objs);
+    let mut upstream_tls = tls::UpstreamTlsBuilder::new(&cfg.destination_trust);
+    let mut cert_map: HashMap<Arc<str>, Arc<crate::table::CertifiedKey>> = HashMap::new();
+    let mut wildcard_certs: HashMap<Arc<str>, Arc<crate::table::CertifiedKey>> = HashMap::new();
     let mut diagnostics = Vec::new();
     let mut exact: HashMap<Arc<str>, Vec<Arc<RouteEntry>>> = HashMap::new();
     let mut wildcard: HashMap<Arc<str>, Vec<Arc<RouteEntry>>> = HashMap::new();
@@ -136,7 +151,37 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
                 .or_default()
                 .insert(href.clone());
         }
+        let terminates = matches!(
+            a.termination,
+            Some(Termination::Edge | Termination::Reencrypt)
+        );
+        if let Some(ck) = certs.cert_of(r).filter(|_| terminates) {
+            if crate::tls::certs::seconds_left(&ck).is_some_and(|s| s < 0) {
+                diagnostics.push(Diagnostic {
+                    object: object.clone(),
+                    message: "certificate has expired; still served".into(),
+                });
+            }
+            match &a.wildcard_domain {
+                Some(d) => wildcard_certs.insert(intern(d), ck),
+                None => cert_map.insert(intern(&a.host), ck),
+            };
+        }
+        let up_tls = match (a.termination, &r.spec.tls) {
+            (Some(Termination::Reencrypt), Some(t)) => {
+                let (u, warning) = upstream_tls.for_route(t, ns, &r.spec.to.name);
+                if let Some(message) = warning {
+                    diagnostics.push(Diagnostic {
+                        object: object.clone(),
+                        message,
+                    });
+                }
+                u
+            }
+            _ => None,
+        };
         let entry = Arc::new(RouteEntry {
+            upstream_tls: up_tls,
             namespace: Arc::from(ns),
             name: Arc::from(r.metadata.name.as_str()),
             host: intern(&a.host),
@@ -154,8 +199,11 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
         }
     }
 
+    certs.finish();
     let table = RoutingTable {
         generation,
+        certs: cert_map,
+        wildcard_certs,
         exact: exact
             .into_iter()
             .map(|(k, v)| (k, host_routes(v)))
@@ -303,10 +351,21 @@ fn settings(
             cfg.forwarded
         }),
     };
+    let hsts = ann.get(ANN_HSTS).and_then(|v| {
+        let h = tls::hsts(v);
+        if h.is_none() {
+            diagnostics.push(Diagnostic {
+                object: object.to_owned(),
+                message: format!("annotation {ANN_HSTS}={v:?} ignored: needs max-age=<seconds>"),
+            });
+        }
+        h
+    });
     RouteSettings {
         timeout,
         tunnel_timeout,
         forwarded,
+        hsts,
     }
 }
 

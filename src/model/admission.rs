@@ -122,6 +122,18 @@ pub struct Admission {
 /// Admit candidates. Deterministic: the same input gives the same output on
 /// every replica.
 pub fn admit(candidates: &[Candidate], policy: &AdmissionPolicy) -> Admission {
+    admit_with(candidates, policy, &|_| Ok(()))
+}
+
+/// `admit` with an extra check run after the built-in validation and
+/// before host claims (certificate parsing, which needs crypto and lives in
+/// `compile`): a route failing it is `ExtendedValidationFailed` and claims
+/// nothing.
+pub fn admit_with(
+    candidates: &[Candidate],
+    policy: &AdmissionPolicy,
+    extended: &dyn Fn(&Candidate) -> Result<(), String>,
+) -> Admission {
     let mut order: Vec<&Candidate> = candidates.iter().collect();
     order.sort_by(|a, b| age_key(&a.route).cmp(&age_key(&b.route)));
 
@@ -140,7 +152,11 @@ pub fn admit(candidates: &[Candidate], policy: &AdmissionPolicy) -> Admission {
             reason: None,
             message: None,
         };
-        match validate(c, policy).and_then(|a| claims.claim(a, c)) {
+        let checked = validate(c, policy).and_then(|a| match extended(c) {
+            Ok(()) => Ok(a),
+            Err(m) => Err((Reason::ExtendedValidationFailed, m)),
+        });
+        match checked.and_then(|a| claims.claim(a, c)) {
             Ok(mut a) => {
                 status.host = a.host.clone();
                 status.termination = a.termination;

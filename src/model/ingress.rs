@@ -94,12 +94,31 @@ fn to_route(
         (None, Some(n)) => Some(IntOrString::Int(n)),
         _ => None,
     });
-    let has_tls_secret = ing.spec.tls.iter().any(|t| {
-        (t.hosts.is_empty() || t.hosts.iter().any(|h| h == raw_host))
-            && t.secret_name
+    let secret = ing
+        .spec
+        .tls
+        .iter()
+        .filter(|t| t.hosts.is_empty() || t.hosts.iter().any(|h| h == raw_host))
+        .find_map(|t| {
+            t.secret_name
                 .as_deref()
-                .is_some_and(|s| Objects::get(&objs.secrets, ns, s).is_some())
-    });
+                .and_then(|s| Objects::get(&objs.secrets, ns, s))
+        });
+    let has_tls_secret = secret.is_some();
+    // kubernetes.io/tls: tls.crt + tls.key, base64 in `data` or plain in
+    // `stringData`. Undecodable material leaves the route on the default
+    // certificate; admission reports bad PEM.
+    let pem = |k: &str| -> Option<String> {
+        let s = secret?;
+        if let Some(v) = s.string_data.get(k) {
+            return Some(v.clone());
+        }
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(s.data.get(k)?.trim())
+            .ok()?;
+        String::from_utf8(raw).ok()
+    };
     let termination = ing
         .metadata
         .annotations
@@ -108,6 +127,8 @@ fn to_route(
         .or_else(|| has_tls_secret.then(|| "edge".to_owned()));
     let tls = termination.map(|t| RouteTls {
         insecure_edge_termination_policy: (t != "passthrough").then(|| "Redirect".to_owned()),
+        certificate: (t != "passthrough").then(|| pem("tls.crt")).flatten(),
+        key: (t != "passthrough").then(|| pem("tls.key")).flatten(),
         termination: t,
         ..Default::default()
     });

@@ -3,8 +3,7 @@
 //! a body abandoned half-way (client gone) takes its connection with it, as
 //! the connection still has unread bytes.
 
-use super::{Inner, H1};
-use crate::table::Endpoint;
+use super::{Inner, PoolKey, H1};
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
@@ -16,7 +15,7 @@ use std::task::{Context, Poll};
 /// What to give back when the body ends.
 struct Return {
     pool: Arc<Inner>,
-    endpoint: Endpoint,
+    key: PoolKey,
     sender: H1,
 }
 
@@ -41,7 +40,7 @@ impl UpstreamBody {
     pub(crate) fn pooled(
         resp: Response<Incoming>,
         pool: Arc<Inner>,
-        endpoint: &Endpoint,
+        key: PoolKey,
         sender: H1,
     ) -> Response<Self> {
         // 101: the connection now belongs to the upgrade, never to the pool.
@@ -49,13 +48,9 @@ impl UpstreamBody {
             return resp.map(Self::plain);
         }
         let done = resp.body().is_end_stream();
-        let back = Return {
-            pool,
-            endpoint: endpoint.clone(),
-            sender,
-        };
+        let back = Return { pool, key, sender };
         if done {
-            back.pool.put_idle(&back.endpoint, back.sender);
+            back.pool.put_idle(&back.key, back.sender);
             return resp.map(Self::plain);
         }
         resp.map(|body| UpstreamBody {
@@ -77,14 +72,14 @@ impl Body for UpstreamBody {
         match &r {
             Poll::Ready(None) => {
                 if let Some(b) = self.back.take() {
-                    b.pool.put_idle(&b.endpoint, b.sender);
+                    b.pool.put_idle(&b.key, b.sender);
                 }
             }
             // The server stops polling once the body says it is complete,
             // so the last data frame is where the connection goes back.
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
                 if let Some(b) = self.back.take() {
-                    b.pool.put_idle(&b.endpoint, b.sender);
+                    b.pool.put_idle(&b.key, b.sender);
                 }
             }
             Poll::Ready(Some(Err(_))) => self.back = None,

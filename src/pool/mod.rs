@@ -12,7 +12,7 @@ mod fxhash;
 pub use body::{RequestBody, UpstreamBody};
 
 use crate::io::Flat;
-use crate::table::{Endpoint, UpstreamProtocol};
+use crate::table::{Endpoint, UpstreamProtocol, UpstreamTls};
 use http::{Request, Response};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -101,10 +101,18 @@ struct IdleConn {
     since: Instant,
 }
 
+/// Pooled connections are shared only between requests to the same
+/// endpoint over the same transport (plain, or TLS under one verifier).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    endpoint: Endpoint,
+    tls: u64,
+}
+
 pub(crate) struct Inner {
     cfg: PoolConfig,
-    idle: Mutex<HashMap<Endpoint, Vec<IdleConn>, fxhash::Build>>,
-    h2: Mutex<HashMap<Endpoint, H2, fxhash::Build>>,
+    idle: Mutex<HashMap<PoolKey, Vec<IdleConn>, fxhash::Build>>,
+    h2: Mutex<HashMap<PoolKey, H2, fxhash::Build>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -120,15 +128,43 @@ pub struct Upstreams {
 }
 
 /// A connection ready to carry one request.
-pub enum Conn {
+pub struct Conn {
+    kind: ConnKind,
+    key: PoolKey,
+}
+
+enum ConnKind {
     H1 { sender: H1, reused: bool },
     H2(H2),
 }
 
 impl Conn {
+    fn h1(key: PoolKey, sender: H1, reused: bool) -> Self {
+        Conn {
+            kind: ConnKind::H1 { sender, reused },
+            key,
+        }
+    }
+
+    fn h2(key: PoolKey, sender: H2) -> Self {
+        Conn {
+            kind: ConnKind::H2(sender),
+            key,
+        }
+    }
+
+    /// The protocol this connection speaks (for TLS upstreams: what ALPN
+    /// chose).
+    pub fn protocol(&self) -> UpstreamProtocol {
+        match self.kind {
+            ConnKind::H1 { .. } => UpstreamProtocol::Http1,
+            ConnKind::H2(_) => UpstreamProtocol::H2c,
+        }
+    }
+
     /// Whether this connection carried earlier requests.
     pub fn is_reused(&self) -> bool {
-        matches!(self, Conn::H1 { reused: true, .. })
+        matches!(self.kind, ConnKind::H1 { reused: true, .. })
     }
 }
 
@@ -152,60 +188,68 @@ impl Upstreams {
         Upstreams { inner }
     }
 
+    fn key(endpoint: &Endpoint, tls: Option<&Arc<UpstreamTls>>) -> PoolKey {
+        PoolKey {
+            endpoint: endpoint.clone(),
+            tls: tls.map_or(0, |t| t.id),
+        }
+    }
+
     /// A new connection to `endpoint`, never a pooled one.
     pub async fn connect(
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
+        tls: Option<&Arc<UpstreamTls>>,
     ) -> Result<Conn, ConnectError> {
-        Ok(match protocol {
-            UpstreamProtocol::Http1 => Conn::H1 {
-                sender: self.connect_h1(endpoint).await?,
-                reused: false,
-            },
-            UpstreamProtocol::H2c => Conn::H2(self.connect_h2(endpoint).await?),
-        })
+        let key = Self::key(endpoint, tls);
+        let stream = self.connect_tcp(endpoint).await?;
+        match tls {
+            Some(t) => self.handshake_tls(key, stream, t).await,
+            None => Ok(match protocol {
+                UpstreamProtocol::Http1 => {
+                    Conn::h1(key, self.handshake_h1(endpoint, Flat(stream)).await?, false)
+                }
+                UpstreamProtocol::H2c => {
+                    let s = self.handshake_h2(endpoint, Flat(stream)).await?;
+                    lock(&self.inner.h2).insert(key.clone(), s.clone());
+                    Conn::h2(key, s)
+                }
+            }),
+        }
     }
 
-    /// A pooled connection to `endpoint`, or a new one.
+    /// A pooled connection to `endpoint`, or a new one. With `tls`, the
+    /// protocol is what the endpoint's ALPN picks (h2 preferred).
     pub async fn checkout(
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
+        tls: Option<&Arc<UpstreamTls>>,
     ) -> Result<Conn, ConnectError> {
-        match protocol {
-            UpstreamProtocol::Http1 => {
-                while let Some(mut c) = self.inner.pop_idle(endpoint) {
-                    if c.since.elapsed() > self.inner.cfg.idle_timeout {
-                        continue;
-                    }
-                    // Returned at end of body; the connection task may still
-                    // be finishing the exchange. Closed → try the next one.
-                    if c.sender.is_ready() || c.sender.ready().await.is_ok() {
-                        return Ok(Conn::H1 {
-                            sender: c.sender,
-                            reused: true,
-                        });
-                    }
-                }
-                Ok(Conn::H1 {
-                    sender: self.connect_h1(endpoint).await?,
-                    reused: false,
-                })
-            }
-            UpstreamProtocol::H2c => {
-                let existing = lock(&self.inner.h2)
-                    .get(endpoint)
-                    .filter(|s| !s.is_closed())
-                    .cloned();
-                if let Some(s) = existing {
-                    return Ok(Conn::H2(s));
-                }
-                let s = self.connect_h2(endpoint).await?;
-                lock(&self.inner.h2).insert(endpoint.clone(), s.clone());
-                Ok(Conn::H2(s))
+        let key = Self::key(endpoint, tls);
+        if protocol == UpstreamProtocol::H2c || tls.is_some() {
+            let existing = lock(&self.inner.h2)
+                .get(&key)
+                .filter(|s| !s.is_closed())
+                .cloned();
+            if let Some(s) = existing {
+                return Ok(Conn::h2(key, s));
             }
         }
+        if protocol == UpstreamProtocol::Http1 || tls.is_some() {
+            while let Some(mut c) = self.inner.pop_idle(&key) {
+                if c.since.elapsed() > self.inner.cfg.idle_timeout {
+                    continue;
+                }
+                // Returned at end of body; the connection task may still be
+                // finishing the exchange. Closed → try the next one.
+                if c.sender.is_ready() || c.sender.ready().await.is_ok() {
+                    return Ok(Conn::h1(key, c.sender, true));
+                }
+            }
+        }
+        self.connect(endpoint, protocol, tls).await
     }
 
     /// Send on `conn`. A stale pooled HTTP/1.1 connection that closed before
@@ -216,49 +260,81 @@ impl Upstreams {
         endpoint: &Endpoint,
         conn: Conn,
         req: Request<RequestBody>,
+        tls: Option<&Arc<UpstreamTls>>,
     ) -> Result<Response<UpstreamBody>, ExchangeError> {
-        match conn {
-            Conn::H2(mut s) => {
+        let key = conn.key;
+        match conn.kind {
+            ConnKind::H2(mut s) => {
                 let resp = s
                     .send_request(req)
                     .await
                     .map_err(|e| ExchangeError::new(endpoint, e, false))?;
                 Ok(resp.map(UpstreamBody::plain))
             }
-            Conn::H1 { mut sender, reused } => {
+            ConnKind::H1 { mut sender, reused } => {
                 let resp = match sender.try_send_request(req).await {
                     Ok(r) => r,
                     Err(mut e) => match (reused, e.take_message()) {
                         (true, Some(req)) => {
                             debug!(%endpoint, "pooled connection closed under us; reconnecting");
-                            sender = self.connect_h1(endpoint).await.map_err(|c| {
-                                ExchangeError::new(
-                                    endpoint,
-                                    hyper_error_from(e.into_error(), c),
-                                    false,
-                                )
-                            })?;
-                            sender
-                                .send_request(req)
+                            let fresh = self
+                                .connect(endpoint, UpstreamProtocol::Http1, tls)
                                 .await
-                                .map_err(|e| ExchangeError::new(endpoint, e, false))?
+                                .map_err(|c| {
+                                    ExchangeError::new(
+                                        endpoint,
+                                        hyper_error_from(e.into_error(), c),
+                                        false,
+                                    )
+                                })?;
+                            return Box::pin(self.send(endpoint, fresh, req, tls)).await;
                         }
                         (reused, _) => {
                             return Err(ExchangeError::new(endpoint, e.into_error(), reused))
                         }
                     },
                 };
-                Ok(UpstreamBody::pooled(
-                    resp,
-                    self.inner.clone(),
-                    endpoint,
-                    sender,
-                ))
+                Ok(UpstreamBody::pooled(resp, self.inner.clone(), key, sender))
             }
         }
     }
 
-    async fn tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
+    async fn handshake_tls(
+        &self,
+        key: PoolKey,
+        stream: TcpStream,
+        tls: &Arc<UpstreamTls>,
+    ) -> Result<Conn, ConnectError> {
+        let err = |source: io::Error| ConnectError {
+            endpoint: key.endpoint.to_string(),
+            source,
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let s = tokio::time::timeout(
+            self.inner.cfg.connect_timeout,
+            connector.connect(tls.server_name.clone(), Flat(stream)),
+        )
+        .await
+        .map_err(|_| {
+            err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })?
+        .map_err(err)?;
+        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let h2 = self.handshake_h2(&key.endpoint, s).await?;
+            lock(&self.inner.h2).insert(key.clone(), h2.clone());
+            Ok(Conn::h2(key, h2))
+        } else {
+            let h1 = self.handshake_h1(&key.endpoint, s).await?;
+            Ok(Conn::h1(key, h1, false))
+        }
+    }
+
+    /// A TCP connection to `endpoint` (DNS names resolved now), with the
+    /// connect timeout.
+    pub async fn connect_tcp(&self, endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {
         let timeout = self.inner.cfg.connect_timeout;
         let err = |source| ConnectError {
             endpoint: endpoint.to_string(),
@@ -297,10 +373,12 @@ impl Upstreams {
         Ok(stream)
     }
 
-    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<H1, ConnectError> {
-        let stream = self.tcp(endpoint).await?;
+    async fn handshake_h1<I>(&self, endpoint: &Endpoint, io: I) -> Result<H1, ConnectError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(Flat(stream)))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError {
                 endpoint: endpoint.to_string(),
@@ -314,12 +392,14 @@ impl Upstreams {
         Ok(sender)
     }
 
-    async fn connect_h2(&self, endpoint: &Endpoint) -> Result<H2, ConnectError> {
-        let stream = self.tcp(endpoint).await?;
+    async fn handshake_h2<I>(&self, endpoint: &Endpoint, io: I) -> Result<H2, ConnectError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(Flat(stream)))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError {
                 endpoint: endpoint.to_string(),
@@ -354,18 +434,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn pop_idle(&self, endpoint: &Endpoint) -> Option<IdleConn> {
-        lock(&self.idle).get_mut(endpoint).and_then(Vec::pop)
+    fn pop_idle(&self, key: &PoolKey) -> Option<IdleConn> {
+        lock(&self.idle).get_mut(key).and_then(Vec::pop)
     }
 
-    pub(crate) fn put_idle(&self, endpoint: &Endpoint, sender: H1) {
+    pub(crate) fn put_idle(&self, key: &PoolKey, sender: H1) {
         if sender.is_closed() {
             return;
         }
         let mut idle = lock(&self.idle);
-        let list = match idle.get_mut(endpoint) {
+        let list = match idle.get_mut(key) {
             Some(l) => l,
-            None => idle.entry(endpoint.clone()).or_default(),
+            None => idle.entry(key.clone()).or_default(),
         };
         if list.len() < self.cfg.max_idle_per_endpoint {
             list.push(IdleConn {

@@ -7,7 +7,7 @@ use super::headers::{set_forwarded, strip_hop_by_hop, ClientSide};
 use super::local;
 use super::{ConnInfo, Proxy};
 use crate::balance::{self, Pick};
-use crate::model::admission::InsecurePolicy;
+use crate::model::admission::{InsecurePolicy, Termination};
 use crate::pool::RequestBody;
 use crate::table::{Endpoint, RouteEntry, UpstreamProtocol};
 use crate::telemetry::access_log::LogLine;
@@ -17,6 +17,9 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, warn};
+
+static X_SSL_CLIENT_DN: http::HeaderName = http::HeaderName::from_static("x-ssl-client-dn");
+static X_SSL_CLIENT_VERIFY: http::HeaderName = http::HeaderName::from_static("x-ssl-client-verify");
 
 /// At most this many endpoints are tried for one request.
 const MAX_ATTEMPTS: usize = 3;
@@ -90,6 +93,22 @@ async fn forward(
             }
         }
     }
+    if conn.tls
+        && !matches!(
+            route.termination,
+            Some(Termination::Edge | Termination::Reencrypt)
+        )
+    {
+        // Plain routes are not served on :443, and a passthrough route
+        // reached without its SNI has no backend to terminate for it.
+        return (
+            local::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this route is not served over https",
+            ),
+            None,
+        );
+    }
     if route.backends.is_empty() {
         return (
             local::text(
@@ -110,6 +129,27 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.insert(header::HOST, host_value.clone());
+    // Client-certificate facts come from our handshake only, never from the
+    // client's own headers.
+    headers.remove(&X_SSL_CLIENT_DN);
+    headers.remove(&X_SSL_CLIENT_VERIFY);
+    if conn.tls {
+        match &conn.client_dn {
+            Some(dn) => {
+                headers.insert(X_SSL_CLIENT_DN.clone(), dn.clone());
+                headers.insert(
+                    X_SSL_CLIENT_VERIFY.clone(),
+                    HeaderValue::from_static("SUCCESS"),
+                );
+            }
+            None => {
+                headers.insert(
+                    X_SSL_CLIENT_VERIFY.clone(),
+                    HeaderValue::from_static("NONE"),
+                );
+            }
+        }
+    }
     set_forwarded(
         headers,
         route.settings.forwarded,
@@ -123,7 +163,7 @@ async fn forward(
         },
     );
 
-    let pq = parts.uri.path_and_query().cloned();
+    let mut pq = parts.uri.path_and_query().cloned();
     let mut up = Request::from_parts(parts, RequestBody::Client(body));
     // Connect first: a refused or timed-out connect moves to the next
     // endpoint while the request is still whole in our hands.
@@ -134,7 +174,7 @@ async fn forward(
         .iter()
         .map(|g| g.endpoints.len())
         .sum();
-    let (endpoint, protocol, conn) = loop {
+    let (endpoint, protocol, upstream) = loop {
         let Some(pick) = balance::pick(&route.backends, &tried) else {
             return (
                 local::text(
@@ -150,10 +190,21 @@ async fn forward(
         } else {
             group.protocol
         };
-        match proxy.upstreams.checkout(endpoint, protocol).await {
-            Ok(conn) => {
-                set_target(&mut up, protocol, host, pq);
-                break (endpoint.clone(), protocol, conn);
+        match proxy
+            .upstreams
+            .checkout(endpoint, protocol, route.upstream_tls.as_ref())
+            .await
+        {
+            Ok(upstream) => {
+                let protocol = upstream.protocol();
+                set_target(
+                    &mut up,
+                    protocol,
+                    host,
+                    pq.take(),
+                    route.upstream_tls.is_some(),
+                );
+                break (endpoint.clone(), protocol, upstream);
             }
             Err(e) => {
                 tried.push(pick);
@@ -175,7 +226,7 @@ async fn forward(
     // so it can go out again if the upstream closed that connection while
     // idle (the keep-alive race every proxy meets).
     let replay =
-        (conn.is_reused() && is_safe(up.method()) && up.body().is_end_stream()).then(|| {
+        (upstream.is_reused() && is_safe(up.method()) && up.body().is_end_stream()).then(|| {
             let mut r = Request::new(RequestBody::Empty);
             *r.method_mut() = up.method().clone();
             *r.uri_mut() = up.uri().clone();
@@ -184,16 +235,23 @@ async fn forward(
             r
         });
     let exchange = async {
-        match proxy.upstreams.send(&endpoint, conn, up).await {
+        match proxy
+            .upstreams
+            .send(&endpoint, upstream, up, route.upstream_tls.as_ref())
+            .await
+        {
             Err(e) if e.stale => match replay {
                 Some(req) => {
                     debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
                     let fresh = proxy
                         .upstreams
-                        .connect(&endpoint, protocol)
+                        .connect(&endpoint, protocol, route.upstream_tls.as_ref())
                         .await
                         .map_err(|_| e)?;
-                    proxy.upstreams.send(&endpoint, fresh, req).await
+                    proxy
+                        .upstreams
+                        .send(&endpoint, fresh, req, route.upstream_tls.as_ref())
+                        .await
                 }
                 None => Err(e),
             },
@@ -226,6 +284,11 @@ async fn forward(
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if let (true, Some(hsts)) = (conn.tls, &route.settings.hsts) {
+                parts
+                    .headers
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
             (
                 Response::from_parts(parts, ProxyBody::Upstream(body)),
                 Some(endpoint),
@@ -260,6 +323,7 @@ fn set_target<B>(
     protocol: UpstreamProtocol,
     host: &str,
     pq: Option<http::uri::PathAndQuery>,
+    tls: bool,
 ) {
     let pq = pq.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match protocol {
@@ -272,7 +336,7 @@ fn set_target<B>(
         UpstreamProtocol::H2c => {
             *req.version_mut() = http::Version::HTTP_2;
             let uri = http::Uri::builder()
-                .scheme("http")
+                .scheme(if tls { "https" } else { "http" })
                 .authority(host)
                 .path_and_query(pq)
                 .build();

@@ -8,7 +8,7 @@ mod handler;
 pub mod headers;
 
 mod local;
-mod tunnel;
+pub(crate) mod tunnel;
 
 pub use body::ProxyBody;
 
@@ -44,6 +44,8 @@ pub struct ConnInfo {
     pub tls: bool,
     pub ip_value: HeaderValue,
     pub port_value: HeaderValue,
+    /// The verified client certificate's subject (mutual TLS).
+    pub client_dn: Option<HeaderValue>,
 }
 
 impl ConnInfo {
@@ -56,6 +58,7 @@ impl ConnInfo {
             ip_value: HeaderValue::try_from(ip.to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             port_value: HeaderValue::from(local.port()),
+            client_dn: None,
         }
     }
 }
@@ -69,14 +72,8 @@ pub struct ServerSettings {
     pub drain: Duration,
 }
 
-/// Serve plain HTTP (h1 and h2c) on `listener` until `shutdown` turns true,
-/// then drain in-flight requests for up to `settings.drain`.
-pub async fn serve_http(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    settings: ServerSettings,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The hyper server builder both listeners use.
+pub(crate) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -88,6 +85,45 @@ pub async fn serve_http(
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Serve one client connection (plain or already-decrypted TLS).
+pub(crate) fn serve_conn<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    io: I,
+    info: Arc<ConnInfo>,
+    proxy: Arc<Proxy>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let svc = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    });
+}
+
+/// Serve plain HTTP (h1 and h2c) on `listener` until `shutdown` turns true,
+/// then drain in-flight requests for up to `settings.drain`.
+pub async fn serve_http(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = builder(&settings);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     loop {
@@ -105,25 +141,26 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let info = Arc::new(ConnInfo::new(peer, local.unwrap_or(peer), false));
-        let proxy = proxy.clone();
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        });
+        serve_conn(
+            &builder,
+            &graceful,
+            crate::io::Flat(stream),
+            info,
+            proxy.clone(),
+        );
     }
     drop(listener);
+    drain(graceful, local, settings.drain).await;
+}
+
+/// Wait for in-flight requests, up to `deadline`.
+pub(crate) async fn drain(
+    graceful: GracefulShutdown,
+    local: Option<SocketAddr>,
+    deadline: Duration,
+) {
     info!(addr = ?local, "listener closed; draining");
-    if tokio::time::timeout(settings.drain, graceful.shutdown())
+    if tokio::time::timeout(deadline, graceful.shutdown())
         .await
         .is_err()
     {

@@ -20,10 +20,21 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
             debug!("upgrade did not complete on both sides");
             return;
         };
+        pipe(TokioIo::new(c), TokioIo::new(u), idle).await;
+    });
+}
+
+/// Copy both ways until either side closes or no byte moves for `idle`.
+pub async fn pipe<A, B>(a: A, b: B, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    {
         let epoch = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
-        let mut c = Activity::new(TokioIo::new(c), last.clone(), epoch);
-        let mut u = Activity::new(TokioIo::new(u), last.clone(), epoch);
+        let mut c = Activity::new(a, last.clone(), epoch);
+        let mut u = Activity::new(b, last.clone(), epoch);
         let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
         let watchdog = async {
             loop {
@@ -39,7 +50,7 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
             r = copy => debug!(result = ?r, "tunnel closed"),
             _ = watchdog => debug!("tunnel idle timeout"),
         }
-    });
+    }
 }
 
 /// Records the time of the last byte moved.

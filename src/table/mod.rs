@@ -18,6 +18,34 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use rustls::sign::CertifiedKey;
+
+/// How to open TLS to a re-encrypt route's endpoints: the verifier built
+/// from `destinationCACertificate` (or the router default) and the name the
+/// endpoint's certificate must carry (`<service>.<namespace>.svc`).
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Unique per verifier, so pooled connections verified under one CA are
+    /// never handed to a route that trusts another.
+    pub id: u64,
+}
+
+impl UpstreamTls {
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        UpstreamTls {
+            config,
+            server_name,
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Everything the data path needs to route, for one generation.
 #[derive(Debug, Default, Clone)]
 pub struct RoutingTable {
@@ -31,6 +59,10 @@ pub struct RoutingTable {
     /// service → the host entries whose routes send to it, so an
     /// endpoint-only change rebuilds just those.
     pub(crate) by_service: Arc<HashMap<Key, Vec<HostRef>>>,
+    /// Serving certificates by exact host (route or Ingress TLS).
+    pub(crate) certs: HashMap<Arc<str>, Arc<CertifiedKey>>,
+    /// Serving certificates of Subdomain routes, by the domain they cover.
+    pub(crate) wildcard_certs: HashMap<Arc<str>, Arc<CertifiedKey>>,
 }
 
 /// Points at one entry of `exact` or `wildcard`.
@@ -61,6 +93,8 @@ pub struct RouteEntry {
     /// What the route sends to, as written (kept to re-resolve endpoints).
     pub targets: Arc<[Target]>,
     pub backends: Arc<BackendSet>,
+    /// Re-encrypt routes: TLS towards the endpoints.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
 }
 
 /// Per-route behaviour from annotations, with router defaults applied.
@@ -71,6 +105,8 @@ pub struct RouteSettings {
     /// `haproxy.router.openshift.io/timeout-tunnel`: WebSocket / upgraded.
     pub tunnel_timeout: Duration,
     pub forwarded: ForwardedPolicy,
+    /// `haproxy.router.openshift.io/hsts_header`, when valid.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 /// `haproxy.router.openshift.io/set-forwarded-headers`.
@@ -185,6 +221,16 @@ impl RoutingTable {
             .values()
             .chain(self.wildcard.values())
             .flat_map(|h| h.routes.iter())
+    }
+
+    /// The certificate to present for a TLS server name: the route's own
+    /// (exact host, then a Subdomain route's domain), else none (the
+    /// listener's default).
+    pub fn cert_for(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        self.certs.get(sni).or_else(|| {
+            let (_, domain) = sni.split_once('.')?;
+            self.wildcard_certs.get(domain)
+        })
     }
 
     /// Asserts the table's invariants; tests and debug builds call it.

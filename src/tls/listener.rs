@@ -1,0 +1,167 @@
+//! The HTTPS listener: peek the ClientHello, then either splice the raw
+//! connection to a passthrough route's endpoint or terminate TLS and serve
+//! HTTP over it.
+
+use super::client_hello::{self, Peek, MAX_HELLO};
+use super::server::ServerTls;
+use super::PrefixedIo;
+use crate::model::admission::Termination;
+use crate::proxy::{self, ConnInfo, Proxy, ServerSettings};
+use http::HeaderValue;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Connections closed before a handshake completed (garbage, truncated or
+/// oversized ClientHellos, timeouts, failed verification).
+pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// Serve TLS on `listener` until `shutdown`, then drain.
+pub async fn serve_https(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Arc<ServerTls>,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(proxy::builder(&settings));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = crate::app_signal::stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (proxy, tls, builder, graceful) = (
+            proxy.clone(),
+            tls.clone(),
+            builder.clone(),
+            graceful.clone(),
+        );
+        let local = local.unwrap_or(peer);
+        tokio::spawn(async move {
+            if let Err(why) = accept(stream, peer, local, &proxy, &tls, &builder, &graceful).await {
+                HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, why, "TLS connection refused");
+            }
+        });
+    }
+    drop(listener);
+    match Arc::try_unwrap(graceful) {
+        Ok(g) => proxy::drain(g, local, settings.drain).await,
+        // Handshakes still in flight hold a reference: give them the deadline.
+        Err(_) => tokio::time::sleep(settings.drain.min(Duration::from_secs(1))).await,
+    }
+}
+
+async fn accept(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    proxy: &Arc<Proxy>,
+    tls: &ServerTls,
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    graceful: &GracefulShutdown,
+) -> Result<(), &'static str> {
+    let mut buf = Vec::with_capacity(1024);
+    let hello = tokio::time::timeout(tls.handshake_timeout, read_hello(&mut stream, &mut buf))
+        .await
+        .map_err(|_| "ClientHello timed out")??;
+
+    // Passthrough: the route's own backend terminates TLS.
+    if let Some(sni) = hello.sni.as_deref() {
+        let route = proxy.store.load().lookup(sni, "").cloned();
+        if let Some(route) = route.filter(|r| r.termination == Some(Termination::Passthrough)) {
+            let key = match peer.ip() {
+                std::net::IpAddr::V4(a) => u32::from(a) as u64,
+                std::net::IpAddr::V6(a) => (u128::from(a) >> 64) as u64 ^ u128::from(a) as u64,
+            };
+            let Some(pick) = crate::balance::pick_hashed(&route.backends, key) else {
+                return Err("passthrough route has no ready endpoint");
+            };
+            let (_, endpoint) = pick.resolve(&route.backends);
+            let mut up = proxy.upstreams.connect_tcp(endpoint).await.map_err(|e| {
+                warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, "passthrough connect failed");
+                "passthrough connect failed"
+            })?;
+            up.write_all(&buf)
+                .await
+                .map_err(|_| "passthrough write failed")?;
+            drop(buf);
+            crate::proxy::tunnel::pipe(
+                stream,
+                up,
+                route.settings.timeout.max(route.settings.tunnel_timeout),
+            )
+            .await;
+            return Ok(());
+        }
+    }
+
+    // Terminate. Hosts with their own certificate may speak h2; hosts on the
+    // default certificate get http/1.1 only (no cross-route coalescing).
+    let own_cert = hello
+        .sni
+        .as_deref()
+        .is_some_and(|s| proxy.store.load().cert_for(s).is_some());
+    let cfg = if own_cert {
+        tls.h2.clone()
+    } else {
+        tls.h1.clone()
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let io = PrefixedIo::new(buf, crate::io::Flat(stream));
+    let tls_stream = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io))
+        .await
+        .map_err(|_| "TLS handshake timed out")?
+        .map_err(|_| "TLS handshake failed")?;
+    let mut info = ConnInfo::new(peer, local, true);
+    if let Some(cert) = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
+        info.client_dn = super::certs::subject(cert).and_then(|s| HeaderValue::try_from(s).ok());
+    }
+    proxy::serve_conn(builder, graceful, tls_stream, Arc::new(info), proxy.clone());
+    Ok(())
+}
+
+/// Read until the ClientHello is complete (bounded by `MAX_HELLO`).
+async fn read_hello(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<client_hello::ClientHello, &'static str> {
+    loop {
+        match client_hello::peek(buf) {
+            Peek::Hello(h) => return Ok(h),
+            Peek::NotTls => return Err("not TLS"),
+            Peek::Invalid(why) => return Err(why),
+            Peek::NeedMore => {
+                if buf.len() >= MAX_HELLO {
+                    return Err("ClientHello too large");
+                }
+                buf.reserve(4096.min(MAX_HELLO - buf.len()));
+                let n = stream.read_buf(buf).await.map_err(|_| "read failed")?;
+                if n == 0 {
+                    return Err("closed during ClientHello");
+                }
+            }
+        }
+    }
+}
