@@ -90,6 +90,7 @@ pub struct RouteTls {
     pub certificate: Option<String>,
     pub key: Option<String>,
     pub ca_certificate: Option<String>,
+    #[serde(rename = "destinationCACertificate")]
     pub destination_ca_certificate: Option<String>,
     pub insecure_edge_termination_policy: Option<String>,
 }

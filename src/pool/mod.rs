@@ -48,6 +48,9 @@ impl Default for PoolConfig {
 pub struct ConnectError {
     pub endpoint: String,
     pub source: io::Error,
+    /// TCP worked but the TLS handshake failed (e.g. the endpoint's
+    /// certificate is not trusted): a bad gateway, not an absent one.
+    pub tls: bool,
 }
 
 /// The exchange failed after the request was handed to a connection.
@@ -308,6 +311,7 @@ impl Upstreams {
         let err = |source: io::Error| ConnectError {
             endpoint: key.endpoint.to_string(),
             source,
+            tls: true,
         };
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
         let s = tokio::time::timeout(
@@ -339,6 +343,7 @@ impl Upstreams {
         let err = |source| ConnectError {
             endpoint: endpoint.to_string(),
             source,
+            tls: false,
         };
         let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
         let stream = match endpoint {
@@ -383,6 +388,7 @@ impl Upstreams {
             .map_err(|e| ConnectError {
                 endpoint: endpoint.to_string(),
                 source: io::Error::other(e),
+                tls: false,
             })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -404,6 +410,7 @@ impl Upstreams {
             .map_err(|e| ConnectError {
                 endpoint: endpoint.to_string(),
                 source: io::Error::other(e),
+                tls: false,
             })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -209,7 +209,19 @@ async fn forward(
             Err(e) => {
                 tried.push(pick);
                 let retry = tried.len() < MAX_ATTEMPTS.min(endpoints);
-                warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, retry, "upstream connect failed");
+                warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, tls = e.tls, retry, "upstream connect failed");
+                if e.tls {
+                    // The endpoint answered but could not be verified (or
+                    // spoke no TLS): a bad gateway, and every endpoint of
+                    // the service most likely shares the cause.
+                    return (
+                        local::text(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream's TLS certificate could not be verified",
+                        ),
+                        Some(endpoint.clone()),
+                    );
+                }
                 if !retry {
                     return (
                         local::text(

@@ -8,3 +8,4 @@ mod protocols;
 mod proxy;
 mod support;
 mod swap;
+mod tls;

@@ -213,6 +213,7 @@ pub struct TestRouter {
     pub dir: tempfile::TempDir,
     pub running: Option<Running>,
     pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
 }
 
@@ -241,6 +242,7 @@ impl TestRouter {
         let running = app::start(cfg).await.expect("router starts");
         TestRouter {
             http: running.http.unwrap(),
+            https: running.https,
             admin: running.admin.unwrap(),
             dir,
             running: Some(running),
