@@ -101,9 +101,13 @@ fn metrics(state: &AdminState) -> String {
          gatehouse_routes{{state=\"rejected\"}} {rejected}\n\
          # HELP gatehouse_ready 1 once the first complete table is live.\n\
          # TYPE gatehouse_ready gauge\n\
-         gatehouse_ready {}\n",
+         gatehouse_ready {}\n\
+         # HELP gatehouse_tls_handshake_failures_total TLS connections closed before a completed handshake (garbage, oversized or truncated ClientHello, timeout, failed verification).\n\
+         # TYPE gatehouse_tls_handshake_failures_total counter\n\
+         gatehouse_tls_handshake_failures_total {}\n",
         t.generation,
         u8::from(state.store.is_ready()),
+        crate::tls::listener::HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
 

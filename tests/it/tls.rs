@@ -676,6 +676,25 @@ async fn client_certificates_required_optional() {
     assert!(body.contains("x-ssl-client-verify: SUCCESS"), "{body}");
     assert!(!body.contains("mallory"), "{body}");
     r.stop().await;
+
+    // Optional: no certificate is fine, and the backend is told so.
+    let r = https_router(&[("t.yaml", &text)], |c| {
+        c.tls.client_auth = gatehouse::tls::server::ClientAuthMode::Optional;
+        c.tls.client_ca = Some(ca_file.clone());
+    })
+    .await;
+    let (s, _) = connect(
+        r.https.unwrap(),
+        client_config(ca.roots(), &[]),
+        "m.example.com",
+    )
+    .await
+    .unwrap();
+    let reply = get_over(s, "m.example.com", "/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.echoed("x-ssl-client-verify"), Some("NONE"));
+    assert_eq!(reply.echoed("x-ssl-client-dn"), None);
+    r.stop().await;
 }
 
 #[tokio::test]
@@ -726,6 +745,14 @@ async fn garbage_on_443_is_closed_and_nothing_else_is_disturbed() {
         get_over(s, "a.example.com", "/").await.status,
         StatusCode::OK
     );
+    // Each refusal was counted.
+    let metrics = get(r.admin, "admin", "/metrics", &[]).await.body;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_tls_handshake_failures_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("handshake failure counter exported");
+    assert!(failures >= 5, "{failures}");
     r.stop().await;
 }
 
