@@ -55,6 +55,42 @@ impl Upstream {
         Upstream { addr, name }
     }
 
+    /// The echo server behind TLS with `cert`/`key` (PEM), offering ALPN h2
+    /// and http/1.1: a re-encrypt backend.
+    pub async fn start_tls(name: &'static str, cert: &str, key: &str) -> Upstream {
+        let ck = gatehouse::tls::certs::certified_key(cert, key, None).unwrap();
+        let key = {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()
+        };
+        let mut cfg =
+            rustls::ServerConfig::builder_with_provider(gatehouse::tls::certs::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(ck.cert.clone(), key)
+                .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| handle(name, req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, name }
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

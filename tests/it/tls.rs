@@ -839,3 +839,85 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn reencrypt_speaks_h2_to_backends_that_offer_it_and_uses_the_default_ca() {
+    let front = Ca::new("front CA");
+    let service_ca = Ca::new("service CA");
+    let site = front.leaf(&["h2re.example.com"]);
+    let backend = service_ca.leaf(&["grpcish.default.svc"]);
+    let up = Upstream::start_tls("h2-backend", &backend.cert, &backend.key).await;
+    let text = [
+        service("default", "grpcish", &[up.port()]),
+        // No destinationCACertificate: the router's default destination CA.
+        tls_route(
+            "h2re",
+            "h2re.example.com",
+            "grpcish",
+            "reencrypt",
+            &[
+                ("certificate", &block(&site.cert)),
+                ("key", &block(&site.key)),
+            ],
+            "",
+        ),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("service-ca.pem");
+    std::fs::write(&ca_file, &service_ca.pem).unwrap();
+    let r = https_router(&[("t.yaml", &text)], |c| {
+        c.tls.default_destination_ca = Some(ca_file.clone())
+    })
+    .await;
+    for _ in 0..3 {
+        let (s, _) = connect(
+            r.https.unwrap(),
+            client_config(front.roots(), &[]),
+            "h2re.example.com",
+        )
+        .await
+        .unwrap();
+        let reply = get_over(s, "h2re.example.com", "/x").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.echoed("name"), Some("h2-backend"));
+        assert_eq!(
+            reply.echoed("version"),
+            Some("HTTP/2.0"),
+            "h2 negotiated with the backend by ALPN"
+        );
+        assert_eq!(reply.echoed("x-forwarded-proto"), Some("https"));
+    }
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn ingress_tls_secrets_serve_their_hosts() {
+    use base64::Engine as _;
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["ing.example.com"]);
+    let up = Upstream::start("ingress-backend").await;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let text = format!(
+        "{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ing-tls, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ing, namespace: default}}\nspec:\n  tls: [{{hosts: [ing.example.com], secretName: ing-tls}}]\n  rules:\n  - host: ing.example.com\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}\n",
+        service("default", "web", &[up.port()]),
+        b64(&leaf.cert),
+        b64(&leaf.key)
+    );
+    let r = https_router(&[("ing.yaml", &text)], |_| {}).await;
+    let (s, presented) = connect(
+        r.https.unwrap(),
+        client_config(ca.roots(), &[]),
+        "ing.example.com",
+    )
+    .await
+    .unwrap();
+    assert_eq!(presented, leaf.der);
+    let reply = get_over(s, "ing.example.com", "/").await;
+    assert_eq!(reply.echoed("name"), Some("ingress-backend"));
+    // Plain HTTP redirects, as OpenShift's ingress-to-route does.
+    let plain = r.get("ing.example.com", "/p?q=1").await;
+    assert_eq!(plain.status, StatusCode::FOUND);
+    assert_eq!(plain.headers["location"], "https://ing.example.com/p?q=1");
+    r.stop().await;
+}
