@@ -205,7 +205,7 @@ fn bench_compile(c: &mut Criterion) {
         panic!("one Endpoints changed must be an endpoint-only change")
     };
     assert_eq!(services.len(), 1);
-    let updated = update_endpoints(&table, &next, &services, 2).table;
+    let updated = update_endpoints(&table, &next, &services, 2, &cfg).table;
     let host = format!("app{changed}.apps.example.com");
     let before = &table.lookup(&host, "/").unwrap().backends;
     let after = &updated.lookup(&host, "/").unwrap().backends;
@@ -229,14 +229,14 @@ fn bench_compile(c: &mut Criterion) {
             let Change::EndpointsOnly(s) = black_box(&next).change_from(black_box(&objs)) else {
                 unreachable!()
             };
-            update_endpoints(&table, &next, &s, 2)
+            update_endpoints(&table, &next, &s, 2, &cfg)
         })
     });
     g.bench_function("change_from/10k", |b| {
         b.iter(|| black_box(&next).change_from(black_box(&objs)))
     });
     g.bench_function("update_endpoints_only/10k", |b| {
-        b.iter(|| update_endpoints(black_box(&table), &next, black_box(&services), 2))
+        b.iter(|| update_endpoints(black_box(&table), &next, black_box(&services), 2, &cfg))
     });
     g.finish();
 }

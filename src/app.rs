@@ -118,6 +118,7 @@ pub async fn start_with_source(
             ..PoolConfig::default()
         }),
         access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
+        health: cfg.health.policy(),
     });
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,
@@ -202,7 +203,7 @@ async fn compile_loop(
         };
         let compiled = tokio::task::spawn_blocking(move || match change {
             Change::EndpointsOnly(services) => {
-                compile::update_endpoints(&table, &cur2, &services, generation)
+                compile::update_endpoints(&table, &cur2, &services, generation, &cfg2)
             }
             _ => compile::compile(&cur2, &cfg2, generation),
         })
@@ -237,7 +238,12 @@ async fn compile_loop(
         let old_objects = prev.replace(current);
         // Freeing a 10k-route table takes milliseconds: not on a thread that
         // serves requests.
-        tokio::task::spawn_blocking(move || drop((old_table, old_objects)));
+        let live = cfg.live.clone();
+        tokio::task::spawn_blocking(move || {
+            drop((old_table, old_objects));
+            // Endpoints no table refers to any more lose their live state.
+            live.prune();
+        });
         info!(
             generation,
             kind,

@@ -31,6 +31,14 @@ pub struct RouterConfig {
     pub allowed_domains: Vec<String>,
     /// Default for `haproxy.router.openshift.io/set-forwarded-headers`.
     pub forwarded_headers: ForwardedPolicy,
+    /// Balance for HTTP routes without the annotation (passthrough: source).
+    pub balance: crate::table::Algorithm,
+    /// ROUTER_COOKIE_NAME: sticky cookie name for routes without one.
+    pub cookie_name: Option<String>,
+    /// Key for sticky-cookie values. Give every replica the same key so they
+    /// make the same choices; without one a random key is made at start.
+    pub cookie_key: Option<String>,
+    pub health: HealthSettings,
     pub timeouts: Timeouts,
     pub tls: TlsSettings,
     pub access_log: AccessLogMode,
@@ -52,6 +60,10 @@ impl Default for RouterConfig {
             denied_domains: Vec::new(),
             allowed_domains: Vec::new(),
             forwarded_headers: ForwardedPolicy::Append,
+            balance: crate::table::Algorithm::Random,
+            cookie_name: None,
+            cookie_key: None,
+            health: HealthSettings::default(),
             timeouts: Timeouts::default(),
             tls: TlsSettings::default(),
             access_log: AccessLogMode::Json,
@@ -102,6 +114,43 @@ impl Default for Timeouts {
             tunnel: Duration::from_secs(3600),
             upstream_idle: Duration::from_secs(90),
             drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Passive health: endpoints that keep failing are taken out for a while.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Consecutive failures before ejection (0: never eject).
+    pub eject_after: u32,
+    /// Count 5xx responses as failures too.
+    pub eject_on_5xx: bool,
+    #[serde(deserialize_with = "de_duration")]
+    pub base_ejection: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub max_ejection: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        let p = crate::table::HealthPolicy::default();
+        HealthSettings {
+            eject_after: p.eject_after,
+            eject_on_5xx: p.eject_on_5xx,
+            base_ejection: p.base_ejection,
+            max_ejection: p.max_ejection,
+        }
+    }
+}
+
+impl HealthSettings {
+    pub fn policy(&self) -> crate::table::HealthPolicy {
+        crate::table::HealthPolicy {
+            eject_after: self.eject_after,
+            eject_on_5xx: self.eject_on_5xx,
+            base_ejection: self.base_ejection,
+            max_ejection: self.max_ejection,
         }
     }
 }
@@ -210,6 +259,19 @@ impl RouterConfig {
             forwarded: self.forwarded_headers,
             cert_cache: Default::default(),
             destination_trust: Default::default(),
+            live: Default::default(),
+            cookie_key: match &self.cookie_key {
+                Some(k) => std::sync::Arc::from(k.as_bytes()),
+                None => {
+                    let mut k = [0u8; 32];
+                    // Random when not configured: replicas will not agree.
+                    let _ =
+                        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k);
+                    std::sync::Arc::from(&k[..])
+                }
+            },
+            default_cookie_name: self.cookie_name.clone(),
+            default_balance: self.balance,
         }
     }
 }

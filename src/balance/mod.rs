@@ -1,99 +1,192 @@
-//! Choosing an endpoint for one request: services by weight (as the
-//! OpenShift router splits `spec.to` / `alternateBackends`), then an endpoint
-//! of that service at random. Retries skip endpoints already tried.
+//! Choosing an endpoint for one request: the route's algorithm over the
+//! members of its backend set (every endpoint of every service, weighted as
+//! the OpenShift router weighs them), skipping ejected endpoints and those
+//! already tried, and sticky cookies.
 //!
-//! The full set of algorithms (roundrobin, leastconn, source, sticky
-//! cookies) builds on this in its own issue; this module owns the choice and
-//! must not do I/O.
+//! Owns the choice; must not do I/O. Live counters come from the table's
+//! `EndpointLive`.
 
-use crate::table::{BackendGroup, BackendSet, Endpoint};
+use crate::table::{Algorithm, BackendGroup, BackendSet, Endpoint, Member};
 use std::cell::Cell;
+use std::net::IpAddr;
 
-/// An endpoint picked for a request: which group and which endpoint in it.
+/// A chosen member of a backend set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick {
-    pub group: usize,
-    pub endpoint: usize,
-}
+pub struct Pick(pub usize);
 
 impl Pick {
     pub fn resolve<'a>(&self, set: &'a BackendSet) -> (&'a BackendGroup, &'a Endpoint) {
-        let g = &set.groups[self.group];
-        (g, &g.endpoints[self.endpoint])
+        let m = &set.members[self.0];
+        let g = &set.groups[m.group as usize];
+        (g, &g.endpoints[m.index as usize])
+    }
+
+    pub fn member<'a>(&self, set: &'a BackendSet) -> &'a Member {
+        &set.members[self.0]
     }
 }
 
-/// Pick an endpoint not in `tried`. `None` when nothing is left.
-pub fn pick(set: &BackendSet, tried: &[Pick]) -> Option<Pick> {
-    let open = |gi: usize, g: &BackendGroup| {
-        g.weight > 0 && g.endpoints.len() > tried.iter().filter(|p| p.group == gi).count()
+/// Pick a member by the set's algorithm, never one in `tried`. Ejected
+/// members are skipped while any other is left (when all are ejected, all
+/// are tried: better a chance than a certain 503). `None` when nothing is
+/// left or every weight is 0.
+pub fn pick(set: &BackendSet, client: IpAddr, tried: &[Pick]) -> Option<Pick> {
+    pick_where(set, client, tried, true).or_else(|| pick_where(set, client, tried, false))
+}
+
+fn pick_where(
+    set: &BackendSet,
+    client: IpAddr,
+    tried: &[Pick],
+    healthy_only: bool,
+) -> Option<Pick> {
+    let eligible = |i: usize, m: &Member| {
+        m.weight > 0 && !tried.contains(&Pick(i)) && (!healthy_only || m.live.is_available())
     };
-    let total: u64 = set
-        .groups
-        .iter()
-        .enumerate()
-        .filter(|(i, g)| open(*i, g))
-        .map(|(_, g)| g.weight as u64)
-        .sum();
-    if total == 0 {
-        return None;
+    match set.algorithm {
+        Algorithm::RoundRobin => round_robin(set, &eligible),
+        Algorithm::LeastConn => least_conn(set, &eligible),
+        Algorithm::Source => source(set, client_key(client), &eligible),
+        Algorithm::Random => two_choices(set, &eligible),
     }
-    let mut r = random() % total;
-    let (gi, g) = set
-        .groups
-        .iter()
-        .enumerate()
-        .filter(|(i, g)| open(*i, g))
-        .find(|(_, g)| {
-            let w = g.weight as u64;
-            if r < w {
-                true
-            } else {
-                r -= w;
-                false
-            }
-        })?;
-    let n = g.endpoints.len();
-    let start = (random() % n as u64) as usize;
-    (0..n)
-        .map(|k| (start + k) % n)
-        .find(|e| {
-            !tried.contains(&Pick {
-                group: gi,
-                endpoint: *e,
-            })
-        })
-        .map(|endpoint| Pick {
-            group: gi,
-            endpoint,
-        })
 }
 
-/// Pick by a hash of the client (passthrough's `balance source`): the same
-/// client lands on the same endpoint while the endpoint set is unchanged.
-/// Weights 0 get nothing.
-pub fn pick_hashed(set: &BackendSet, key: u64) -> Option<Pick> {
-    let total: usize = set
-        .groups
+/// Smooth weighted round-robin (nginx's): every pick adds each weight to
+/// its member's current value, takes the largest, and subtracts the total.
+fn round_robin(set: &BackendSet, eligible: &dyn Fn(usize, &Member) -> bool) -> Option<Pick> {
+    let mut cur = set.rr.lock().unwrap_or_else(|p| p.into_inner());
+    let mut total = 0i64;
+    let mut best: Option<usize> = None;
+    for (i, m) in set.members.iter().enumerate() {
+        if !eligible(i, m) {
+            continue;
+        }
+        cur[i] += m.weight as i64;
+        total += m.weight as i64;
+        if best.is_none_or(|b| cur[i] > cur[b]) {
+            best = Some(i);
+        }
+    }
+    let b = best?;
+    cur[b] -= total;
+    Some(Pick(b))
+}
+
+/// Fewest requests in flight relative to weight; ties start at a random
+/// member so equal endpoints share the load.
+fn least_conn(set: &BackendSet, eligible: &dyn Fn(usize, &Member) -> bool) -> Option<Pick> {
+    let n = set.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = (random() % n as u64) as usize;
+    let mut best: Option<(usize, u64, u64)> = None; // (index, active, weight)
+    for k in 0..n {
+        let i = (start + k) % n;
+        let m = &set.members[i];
+        if !eligible(i, m) {
+            continue;
+        }
+        let (a, w) = (m.live.active() as u64, m.weight as u64);
+        // a/w < ba/bw  ⇔  a*bw < ba*w
+        if best.is_none_or(|(_, ba, bw)| a * bw < ba * w) {
+            best = Some((i, a, w));
+        }
+    }
+    best.map(|(i, _, _)| Pick(i))
+}
+
+/// Weighted rendezvous hashing on the client address: each client has a
+/// fixed preference order over members, so adding or removing one endpoint
+/// only moves the clients that preferred it.
+fn source(set: &BackendSet, key: u64, eligible: &dyn Fn(usize, &Member) -> bool) -> Option<Pick> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, m) in set.members.iter().enumerate() {
+        if !eligible(i, m) {
+            continue;
+        }
+        let h = mix(key ^ m.id);
+        // u in (0, 1); score = w / -ln(u) (higher wins).
+        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = m.weight as f64 / -u.ln();
+        if best.is_none_or(|(_, s)| score > s) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| Pick(i))
+}
+
+/// Power of two choices: two weighted random members, the one with fewer
+/// requests in flight (relative to weight) wins.
+fn two_choices(set: &BackendSet, eligible: &dyn Fn(usize, &Member) -> bool) -> Option<Pick> {
+    let total: u64 = set
+        .members
         .iter()
-        .filter(|g| g.weight > 0)
-        .map(|g| g.endpoints.len())
+        .enumerate()
+        .filter(|(i, m)| eligible(*i, m))
+        .map(|(_, m)| m.weight as u64)
         .sum();
     if total == 0 {
         return None;
     }
-    // Mix the key so neighbouring addresses spread.
-    let mut n = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17) as usize % total;
-    for (gi, g) in set.groups.iter().enumerate().filter(|(_, g)| g.weight > 0) {
-        if n < g.endpoints.len() {
-            return Some(Pick {
-                group: gi,
-                endpoint: n,
-            });
+    let draw = || {
+        let mut r = random() % total;
+        set.members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| eligible(*i, m))
+            .find(|(_, m)| {
+                let w = m.weight as u64;
+                if r < w {
+                    true
+                } else {
+                    r -= w;
+                    false
+                }
+            })
+            .map(|(i, _)| i)
+    };
+    let a = draw()?;
+    let b = draw().unwrap_or(a);
+    let (ma, mb) = (&set.members[a], &set.members[b]);
+    let la = ma.live.active() as u64 * mb.weight as u64;
+    let lb = mb.live.active() as u64 * ma.weight as u64;
+    Some(Pick(if lb < la { b } else { a }))
+}
+
+/// The member a sticky cookie names, if it is still there and not ejected.
+/// Weight-0 members keep their existing sessions.
+pub fn sticky(set: &BackendSet, cookie: &str) -> Option<Pick> {
+    set.members
+        .iter()
+        .position(|m| &*m.cookie == cookie)
+        .filter(|i| set.members[*i].live.is_available())
+        .map(Pick)
+}
+
+/// Pick by a hash of the client (passthrough's default `balance source`).
+pub fn pick_hashed(set: &BackendSet, client: IpAddr) -> Option<Pick> {
+    let eligible = |_: usize, m: &Member| m.weight > 0 && m.live.is_available();
+    source(set, client_key(client), &eligible)
+        .or_else(|| source(set, client_key(client), &|_, m: &Member| m.weight > 0))
+}
+
+fn client_key(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => u32::from(a) as u64,
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            (v >> 64) as u64 ^ v as u64
         }
-        n -= g.endpoints.len();
     }
-    None
+}
+
+/// splitmix64's finaliser: a good 64-bit mix.
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 thread_local! {
@@ -109,6 +202,11 @@ fn seed() -> u64 {
     (t ^ (&local as *const u8 as u64).rotate_left(32)) | 1
 }
 
+/// Reseed this thread's generator (statistical tests use fixed seeds).
+pub fn seed_thread_rng(s: u64) {
+    RNG.with(|c| c.set(s | 1));
+}
+
 /// xorshift64*: fast, per thread, good enough to spread load.
 fn random() -> u64 {
     RNG.with(|c| {
@@ -122,49 +220,4 @@ fn random() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::table::UpstreamProtocol;
-
-    fn group(weight: u32, n: usize, base: u16) -> BackendGroup {
-        BackendGroup::new(
-            ("ns".into(), format!("s{base}")),
-            weight,
-            UpstreamProtocol::Http1,
-            (0..n)
-                .map(|i| Endpoint::Socket(([127, 0, 0, 1], base + i as u16).into()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn weights_split_traffic_between_services() {
-        let set = BackendSet {
-            groups: vec![group(1, 2, 1000), group(3, 1, 2000), group(0, 5, 3000)].into(),
-        };
-        let mut counts = [0u32; 3];
-        for _ in 0..40_000 {
-            counts[pick(&set, &[]).unwrap().group] += 1;
-        }
-        assert_eq!(counts[2], 0, "weight 0 gets nothing");
-        let share = counts[1] as f64 / 40_000.0;
-        assert!((0.72..0.78).contains(&share), "{counts:?}");
-    }
-
-    #[test]
-    fn retries_skip_tried_endpoints_then_give_up() {
-        let set = BackendSet {
-            groups: vec![group(1, 2, 1000), group(1, 1, 2000)].into(),
-        };
-        let mut tried = Vec::new();
-        while let Some(p) = pick(&set, &tried) {
-            assert!(!tried.contains(&p));
-            tried.push(p);
-        }
-        assert_eq!(tried.len(), 3);
-        let empty = BackendSet {
-            groups: vec![group(0, 2, 1), group(5, 0, 2)].into(),
-        };
-        assert_eq!(pick(&empty, &[]), None);
-    }
-}
+mod tests;

@@ -7,11 +7,13 @@
 mod endpoints;
 pub mod tls;
 
-use crate::model::admission::{self, Admission, AdmissionPolicy, Candidate, Reason, Termination};
+use crate::model::admission::{
+    self, Admission, AdmissionPolicy, Candidate, InsecurePolicy, Reason, Termination,
+};
 use crate::model::{duration, ingress, Key, Objects};
 use crate::table::{
-    BackendGroup, BackendSet, ForwardedPolicy, HostRef, HostRoutes, RouteEntry, RouteSettings,
-    RoutingTable, Target,
+    Algorithm, BackendGroup, BackendSet, CookieSpec, ForwardedPolicy, HostRef, HostRoutes,
+    LiveRegistry, RouteEntry, RouteSettings, RoutingTable, Target,
 };
 pub use endpoints::{resolve, Resolved, SliceIndex};
 use std::collections::{BTreeSet, HashMap};
@@ -31,6 +33,15 @@ pub struct CompileConfig {
     pub cert_cache: Arc<tls::CertCache>,
     /// Re-encrypt routes without their own destination CA.
     pub destination_trust: tls::DestinationTrust,
+    /// Live endpoint state shared across tables.
+    pub live: Arc<LiveRegistry>,
+    /// Key of the sticky-cookie values (same key on every replica → same
+    /// choices).
+    pub cookie_key: Arc<[u8]>,
+    /// Cookie name for routes without `router.openshift.io/cookie_name`.
+    pub default_cookie_name: Option<String>,
+    /// Balance for HTTP routes without the annotation (OpenShift: random).
+    pub default_balance: Algorithm,
 }
 
 impl Default for CompileConfig {
@@ -42,6 +53,10 @@ impl Default for CompileConfig {
             forwarded: ForwardedPolicy::Append,
             cert_cache: Arc::default(),
             destination_trust: tls::DestinationTrust::None,
+            live: Arc::default(),
+            cookie_key: Arc::from(&b"gatehouse"[..]),
+            default_cookie_name: None,
+            default_balance: Algorithm::Random,
         }
     }
 }
@@ -63,6 +78,13 @@ pub struct Compiled {
 
 const ANN_TIMEOUT: &str = "haproxy.router.openshift.io/timeout";
 const ANN_TUNNEL: &str = "haproxy.router.openshift.io/timeout-tunnel";
+const ANN_BALANCE: &str = "haproxy.router.openshift.io/balance";
+const ANN_DISABLE_COOKIES: &str = "haproxy.router.openshift.io/disable_cookies";
+const ANN_COOKIE_NAME: &str = "router.openshift.io/cookie_name";
+const ANN_SAME_SITE: &str = "router.openshift.io/cookie-same-site";
+const ANN_REWRITE: &str = "haproxy.router.openshift.io/rewrite-target";
+const ANN_ALLOWLIST: &str = "haproxy.router.openshift.io/ip_allowlist";
+const ANN_WHITELIST: &str = "haproxy.router.openshift.io/ip_whitelist";
 const ANN_HSTS: &str = "haproxy.router.openshift.io/hsts_header";
 const ANN_FORWARDED: &str = "haproxy.router.openshift.io/set-forwarded-headers";
 
@@ -107,12 +129,7 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
         let r = &a.route;
         let ns = r.metadata.ns();
         let object = format!("Route {ns}/{}", r.metadata.name);
-        let settings = Arc::new(settings(
-            &r.metadata.annotations,
-            cfg,
-            &object,
-            &mut diagnostics,
-        ));
+        let settings = Arc::new(settings(a, cfg, &object, &mut diagnostics));
         let targets: Arc<[Target]> = std::iter::once(&r.spec.to)
             .chain(&r.spec.alternate_backends)
             .map(|t| Target {
@@ -121,7 +138,15 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
                 port: r.spec.port.as_ref().map(|p| p.target_port.clone()),
             })
             .collect();
-        let (backends, missing) = backend_set(objs, &slices, &targets, &object, &mut diagnostics);
+        let (backends, missing) = backend_set(
+            objs,
+            &slices,
+            &targets,
+            &object,
+            settings.algorithm,
+            cfg,
+            &mut diagnostics,
+        );
         if !missing.is_empty() {
             let status = &mut statuses[a.status_index];
             let msg = format!("service {} not found", missing.join(", "));
@@ -230,6 +255,7 @@ pub fn update_endpoints(
     objs: &Objects,
     services: &BTreeSet<Key>,
     generation: u64,
+    cfg: &CompileConfig,
 ) -> Compiled {
     let slices = SliceIndex::for_services(objs, services);
     let mut diagnostics = Vec::new();
@@ -256,8 +282,15 @@ pub fn update_endpoints(
                     return r.clone();
                 }
                 let object = format!("Route {}/{}", r.namespace, r.name);
-                let (backends, _) =
-                    backend_set(objs, &slices, &r.targets, &object, &mut diagnostics);
+                let (backends, _) = backend_set(
+                    objs,
+                    &slices,
+                    &r.targets,
+                    &object,
+                    r.settings.algorithm,
+                    cfg,
+                    &mut diagnostics,
+                );
                 Arc::new(RouteEntry {
                     backends: Arc::new(backends),
                     ..RouteEntry::clone(r)
@@ -280,11 +313,14 @@ fn host_routes(mut v: Vec<Arc<RouteEntry>>) -> Arc<HostRoutes> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn backend_set(
     objs: &Objects,
     slices: &SliceIndex<'_>,
     targets: &[Target],
     object: &str,
+    algorithm: Algorithm,
+    cfg: &CompileConfig,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> (BackendSet, Vec<String>) {
     let mut missing = Vec::new();
@@ -311,19 +347,18 @@ fn backend_set(
         }
     }
     (
-        BackendSet {
-            groups: groups.into_boxed_slice(),
-        },
+        BackendSet::new(groups, algorithm, &cfg.live, &cfg.cookie_key),
         missing,
     )
 }
 
 fn settings(
-    ann: &std::collections::BTreeMap<String, String>,
+    a: &admission::Admitted,
     cfg: &CompileConfig,
     object: &str,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> RouteSettings {
+    let ann = &a.route.metadata.annotations;
     let mut warn = |key: &str, value: &str, why: &str| {
         diagnostics.push(Diagnostic {
             object: object.to_owned(),
@@ -361,11 +396,123 @@ fn settings(
         }
         h
     });
+    let passthrough = a.termination == Some(Termination::Passthrough);
+    let mut note = |key: &str, value: &str, why: &str| {
+        diagnostics.push(Diagnostic {
+            object: object.to_owned(),
+            message: format!("annotation {key}={value:?} ignored: {why}"),
+        })
+    };
+    let default_algorithm = if passthrough {
+        Algorithm::Source
+    } else {
+        cfg.default_balance
+    };
+    let algorithm = match ann.get(ANN_BALANCE) {
+        None => default_algorithm,
+        Some(v) => Algorithm::parse(v.trim()).unwrap_or_else(|| {
+            note(
+                ANN_BALANCE,
+                v,
+                "expected roundrobin, leastconn, source or random",
+            );
+            default_algorithm
+        }),
+    };
+    let cookies_off = ann.get(ANN_DISABLE_COOKIES).is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on" | ""
+        )
+    });
+    let cookie = (!passthrough && !cookies_off).then(|| {
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        let name = match ann.get(ANN_COOKIE_NAME) {
+            Some(n) if valid(n) => n.clone(),
+            other => {
+                if let Some(n) = other {
+                    note(ANN_COOKIE_NAME, n, "cookie names are [A-Za-z0-9_-]+");
+                }
+                match &cfg.default_cookie_name {
+                    Some(d) => d.clone(),
+                    // Stable across replicas: derived from the route's identity.
+                    None => {
+                        let d = ring::digest::digest(
+                            &ring::digest::SHA256,
+                            format!("{}/{}", a.route.metadata.ns(), a.route.metadata.name)
+                                .as_bytes(),
+                        );
+                        d.as_ref()[..16]
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect()
+                    }
+                }
+            }
+        };
+        let mut attributes = String::from("; path=/; HttpOnly");
+        if matches!(
+            a.termination,
+            Some(Termination::Edge | Termination::Reencrypt)
+        ) && a.insecure != InsecurePolicy::Allow
+        {
+            let same_site = match ann.get(ANN_SAME_SITE).map(|s| s.trim()) {
+                None => "None",
+                Some(s) if s.eq_ignore_ascii_case("lax") => "Lax",
+                Some(s) if s.eq_ignore_ascii_case("strict") => "Strict",
+                Some(s) if s.eq_ignore_ascii_case("none") => "None",
+                Some(s) => {
+                    note(ANN_SAME_SITE, s, "expected Lax, Strict or None");
+                    "None"
+                }
+            };
+            attributes.push_str("; Secure; SameSite=");
+            attributes.push_str(same_site);
+        }
+        CookieSpec {
+            name: name.into_boxed_str(),
+            attributes: attributes.into_boxed_str(),
+        }
+    });
+    let rewrite_target = ann.get(ANN_REWRITE).and_then(|v| {
+        let v = v.trim();
+        if v.starts_with('/')
+            && !v
+                .bytes()
+                .any(|b| b <= b' ' || b == b'?' || b == b'#' || b == 0x7f)
+        {
+            Some(v.to_owned().into_boxed_str())
+        } else {
+            note(ANN_REWRITE, v, "must be a path starting with /");
+            None
+        }
+    });
+    let allowlist = ann
+        .get(ANN_ALLOWLIST)
+        .or_else(|| ann.get(ANN_WHITELIST))
+        .and_then(|v| {
+            let mut nets = Vec::new();
+            for item in v.split_whitespace() {
+                match item.parse::<crate::model::ipnet::IpNet>() {
+                    Ok(n) => nets.push(n),
+                    Err(e) => note(ANN_ALLOWLIST, item, &e),
+                }
+            }
+            (!nets.is_empty()).then(|| nets.into_boxed_slice())
+        });
     RouteSettings {
         timeout,
         tunnel_timeout,
         forwarded,
         hsts,
+        algorithm,
+        cookie,
+        rewrite_target,
+        allowlist,
     }
 }
 

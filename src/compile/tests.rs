@@ -174,7 +174,7 @@ fn endpoint_update_matches_a_full_compile_and_shares_the_rest() {
     let crate::model::store::Change::EndpointsOnly(svcs) = b.change_from(&a) else {
         panic!()
     };
-    let t2 = update_endpoints(&t1, &b, &svcs, 2).table;
+    let t2 = update_endpoints(&t1, &b, &svcs, 2, &cfg).table;
     let full = compile(&b, &cfg, 2).table;
     assert_eq!(
         eps(&t2, "u.example.com", "/"),

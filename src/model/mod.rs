@@ -8,6 +8,7 @@ pub mod admission;
 pub mod duration;
 pub mod host;
 pub mod ingress;
+pub mod ipnet;
 pub mod objects;
 pub mod parse;
 pub mod store;

@@ -2,6 +2,7 @@
 //! local one. An enum, not a box: no allocation per response.
 
 use crate::pool::UpstreamBody;
+use crate::table::ActiveGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -9,7 +10,9 @@ use std::task::{Context, Poll};
 
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream(UpstreamBody),
+    /// The upstream's body; the guard counts the request as in flight
+    /// until the body is done or dropped.
+    Upstream(UpstreamBody, Option<ActiveGuard>),
     Local(Option<Bytes>),
 }
 
@@ -32,21 +35,21 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b, _) => Pin::new(b).poll_frame(cx),
             ProxyBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Upstream(b, _) => b.is_end_stream(),
             ProxyBody::Local(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Upstream(b, _) => b.size_hint(),
             ProxyBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -119,6 +119,24 @@ async fn forward(
         );
     }
 
+    if let Some(allow) = &route.settings.allowlist {
+        if !allow.iter().any(|n| n.contains(conn.peer.ip())) {
+            return (
+                local::text(StatusCode::FORBIDDEN, "your address may not use this route"),
+                None,
+            );
+        }
+    }
+    // A sticky cookie naming a live endpoint of this route wins the first
+    // pick; it is not passed on to the application (HAProxy's `indirect`).
+    let sticky = route.settings.cookie.as_ref().and_then(|c| {
+        let value = cookie_value(req.headers(), &c.name)?;
+        balance::sticky(&route.backends, value)
+    });
+    if let Some(c) = &route.settings.cookie {
+        remove_cookie(req.headers_mut(), &c.name);
+    }
+
     let wants_upgrade =
         req.version() <= http::Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -163,7 +181,10 @@ async fn forward(
         },
     );
 
-    let mut pq = parts.uri.path_and_query().cloned();
+    let mut pq = match &route.settings.rewrite_target {
+        Some(target) => rewrite(&route.path, target, &parts.uri),
+        None => parts.uri.path_and_query().cloned(),
+    };
     let mut up = Request::from_parts(parts, RequestBody::Client(body));
     // Connect first: a refused or timed-out connect moves to the next
     // endpoint while the request is still whole in our hands.
@@ -174,8 +195,12 @@ async fn forward(
         .iter()
         .map(|g| g.endpoints.len())
         .sum();
-    let (endpoint, protocol, upstream) = loop {
-        let Some(pick) = balance::pick(&route.backends, &tried) else {
+    let (endpoint, protocol, upstream, chosen) = loop {
+        let next = match sticky {
+            Some(s) if tried.is_empty() => Some(s),
+            _ => balance::pick(&route.backends, conn.peer.ip(), &tried),
+        };
+        let Some(pick) = next else {
             return (
                 local::text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -204,10 +229,17 @@ async fn forward(
                     pq.take(),
                     route.upstream_tls.is_some(),
                 );
-                break (endpoint.clone(), protocol, upstream);
+                break (endpoint.clone(), protocol, upstream, pick);
             }
             Err(e) => {
                 tried.push(pick);
+                if pick
+                    .member(&route.backends)
+                    .live
+                    .record_failure(&proxy.health)
+                {
+                    warn!(route = %route.name, namespace = %route.namespace, %endpoint, "endpoint ejected after consecutive failures");
+                }
                 let retry = tried.len() < MAX_ATTEMPTS.min(endpoints);
                 warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, tls = e.tls, retry, "upstream connect failed");
                 if e.tls {
@@ -246,6 +278,8 @@ async fn forward(
             *r.headers_mut() = up.headers().clone();
             r
         });
+    let member = chosen.member(&route.backends);
+    let guard = member.live.begin();
     let exchange = async {
         match proxy
             .upstreams
@@ -296,18 +330,29 @@ async fn forward(
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            if parts.status.is_server_error() && proxy.health.eject_on_5xx {
+                member.live.record_failure(&proxy.health);
+            } else {
+                member.live.record_success();
+            }
+            if let Some(c) = &route.settings.cookie {
+                if sticky != Some(chosen) {
+                    set_cookie(&mut parts.headers, c, &member.cookie);
+                }
+            }
             if let (true, Some(hsts)) = (conn.tls, &route.settings.hsts) {
                 parts
                     .headers
                     .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
             (
-                Response::from_parts(parts, ProxyBody::Upstream(body)),
+                Response::from_parts(parts, ProxyBody::Upstream(body, Some(guard))),
                 Some(endpoint),
             )
         }
         Ok(Err(e)) => {
             debug!(route = %route.name, namespace = %route.namespace, error = %e, "upstream exchange failed");
+            member.live.record_failure(&proxy.health);
             if e.source.is_timeout() {
                 return (
                     local::text(
@@ -365,4 +410,118 @@ fn is_safe(m: &http::Method) -> bool {
         *m,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
     )
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// Drop cookie `name` from the Cookie headers (the application never sees
+/// the router's cookie).
+fn remove_cookie(headers: &mut http::HeaderMap, name: &str) {
+    if cookie_value(headers, name).is_none() {
+        return;
+    }
+    let rest: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !rest.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Insert the sticky cookie (HAProxy `cookie … insert indirect nocache
+/// httponly`): the response must not be cached with it.
+fn set_cookie(headers: &mut http::HeaderMap, c: &crate::table::CookieSpec, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{}={}{}", c.name, value, c.attributes)) {
+        headers.append(header::SET_COOKIE, v);
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
+}
+
+/// `haproxy.router.openshift.io/rewrite-target`: the route's path prefix is
+/// replaced by the target, as OpenShift documents it (`/foo` → `/bar`:
+/// `/foo/x` → `/bar/x`; target `/`: `/foo/x` → `/x`).
+fn rewrite(route_path: &str, target: &str, uri: &http::Uri) -> Option<http::uri::PathAndQuery> {
+    let path = uri.path();
+    let prefix = if route_path.is_empty() {
+        "/"
+    } else {
+        route_path
+    };
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let mut out = String::with_capacity(target.len() + rest.len() + 16);
+    out.push_str(target);
+    if target.ends_with('/') {
+        out.push_str(rest.strip_prefix('/').unwrap_or(rest));
+    } else {
+        out.push_str(rest);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = uri.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    http::uri::PathAndQuery::try_from(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_target_as_openshift_documents_it() {
+        let r = |route: &str, target: &str, req: &str| {
+            rewrite(route, target, &req.parse().unwrap())
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(r("/foo", "/", "/foo"), "/");
+        assert_eq!(r("/foo", "/", "/foo/"), "/");
+        assert_eq!(r("/foo", "/", "/foo/bar"), "/bar");
+        assert_eq!(r("/foo/", "/", "/foo/bar"), "/bar");
+        assert_eq!(r("/foo", "/bar", "/foo"), "/bar");
+        assert_eq!(r("/foo", "/bar", "/foo/"), "/bar/");
+        assert_eq!(r("/foo", "/bar", "/foo/bar"), "/bar/bar");
+        assert_eq!(r("/foo/", "/bar", "/foo/bar"), "/barbar");
+        assert_eq!(r("/foo", "/", "/foo/a?b=c"), "/a?b=c");
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; route=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h, "route"), Some("abc"));
+        remove_cookie(&mut h, "route");
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+        let mut only = http::HeaderMap::new();
+        only.append(header::COOKIE, HeaderValue::from_static("route=abc"));
+        remove_cookie(&mut only, "route");
+        assert!(only.get(header::COOKIE).is_none());
+    }
 }

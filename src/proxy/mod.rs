@@ -34,6 +34,7 @@ pub struct Proxy {
     pub store: Arc<TableStore>,
     pub upstreams: Upstreams,
     pub access_log: Option<AccessLog>,
+    pub health: crate::table::HealthPolicy,
 }
 
 /// One client connection, rendered once so requests do not format again.

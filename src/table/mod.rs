@@ -5,8 +5,11 @@
 //! Owns lookup (host, then path on segment boundaries). Must not know where
 //! objects come from or how they were admitted: that is `model`/`compile`.
 
+mod live;
 mod lookup;
 mod store;
+
+pub use live::{ActiveGuard, EndpointLive, HealthPolicy, LiveRegistry};
 
 pub use lookup::{path_matches, precedence as path_precedence};
 pub use store::TableStore;
@@ -107,6 +110,23 @@ pub struct RouteSettings {
     pub forwarded: ForwardedPolicy,
     /// `haproxy.router.openshift.io/hsts_header`, when valid.
     pub hsts: Option<http::HeaderValue>,
+    /// `haproxy.router.openshift.io/balance` as asked (the backend set may
+    /// force roundrobin across several services).
+    pub algorithm: Algorithm,
+    /// Sticky sessions; `None` when disabled or for passthrough.
+    pub cookie: Option<CookieSpec>,
+    /// `haproxy.router.openshift.io/rewrite-target`.
+    pub rewrite_target: Option<Box<str>>,
+    /// `haproxy.router.openshift.io/ip_allowlist`: only these clients.
+    pub allowlist: Option<Box<[crate::model::ipnet::IpNet]>>,
+}
+
+/// The sticky cookie of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieSpec {
+    pub name: Box<str>,
+    /// `; path=/; HttpOnly` (+ `; Secure; SameSite=…` on TLS-only routes).
+    pub attributes: Box<str>,
 }
 
 /// `haproxy.router.openshift.io/set-forwarded-headers`.
@@ -140,18 +160,125 @@ pub struct Target {
     pub port: Option<crate::model::IntOrString>,
 }
 
-/// The endpoints a route may send to, grouped by service.
+/// `haproxy.router.openshift.io/balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConn,
+    Source,
+    #[default]
+    Random,
+}
+
+impl Algorithm {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "roundrobin" => Self::RoundRobin,
+            "leastconn" => Self::LeastConn,
+            "source" => Self::Source,
+            "random" => Self::Random,
+            _ => return None,
+        })
+    }
+}
+
+/// One endpoint of a backend set, as the balancer sees it.
+#[derive(Debug)]
+pub struct Member {
+    pub group: u32,
+    /// Index into the group's `endpoints`.
+    pub index: u32,
+    /// Effective weight, 0–256 (0: no new sessions).
+    pub weight: u32,
+    pub live: Arc<EndpointLive>,
+    /// The sticky-cookie value naming this endpoint (a keyed hash: it does
+    /// not reveal the address).
+    pub cookie: Box<str>,
+    /// Stable identity hash for consistent hashing.
+    pub id: u64,
+}
+
+/// The endpoints a route may send to, grouped by service, and flattened
+/// into weighted members for the balancer.
 #[derive(Debug, Default)]
 pub struct BackendSet {
     pub groups: Box<[BackendGroup]>,
+    pub members: Box<[Member]>,
+    pub algorithm: Algorithm,
+    /// Smooth weighted round-robin's current values, one per member.
+    pub(crate) rr: std::sync::Mutex<Box<[i64]>>,
 }
 
 impl BackendSet {
+    /// Flatten `groups` into members with OpenShift's weights: each
+    /// service's weight divided among its endpoints, scaled so the largest
+    /// is 256 (25/75 over one endpoint each → 85/256). More than one
+    /// service in use forces roundrobin, as in OpenShift.
+    pub fn new(
+        groups: Vec<BackendGroup>,
+        algorithm: Algorithm,
+        live: &LiveRegistry,
+        cookie_key: &[u8],
+    ) -> Self {
+        let per: Vec<f64> = groups
+            .iter()
+            .map(|g| {
+                if g.endpoints.is_empty() {
+                    0.0
+                } else {
+                    g.weight as f64 / g.endpoints.len() as f64
+                }
+            })
+            .collect();
+        let max = per.iter().cloned().fold(0.0, f64::max);
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, cookie_key);
+        let mut members = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            let w = if max > 0.0 && g.weight > 0 {
+                ((per[gi] * 256.0 / max) as u32).clamp(1, 256)
+            } else {
+                0
+            };
+            for (ei, ep) in g.endpoints.iter().enumerate() {
+                let tag = ring::hmac::sign(&key, ep.to_string().as_bytes());
+                let cookie: String = tag.as_ref()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let mut idb = [0u8; 8];
+                idb.copy_from_slice(&tag.as_ref()[8..16]);
+                members.push(Member {
+                    group: gi as u32,
+                    index: ei as u32,
+                    weight: w,
+                    live: live.get(ep),
+                    cookie: cookie.into_boxed_str(),
+                    id: u64::from_le_bytes(idb),
+                });
+            }
+        }
+        let in_use = groups
+            .iter()
+            .filter(|g| g.weight > 0 && !g.endpoints.is_empty())
+            .count();
+        let algorithm = if in_use > 1 {
+            Algorithm::RoundRobin
+        } else {
+            algorithm
+        };
+        let rr = std::sync::Mutex::new(vec![0i64; members.len()].into_boxed_slice());
+        BackendSet {
+            groups: groups.into_boxed_slice(),
+            members: members.into_boxed_slice(),
+            algorithm,
+            rr,
+        }
+    }
+
     /// True when no endpoint can take traffic (none ready, or all weights 0).
     pub fn is_empty(&self) -> bool {
-        self.groups
-            .iter()
-            .all(|g| g.weight == 0 || g.endpoints.is_empty())
+        self.members.iter().all(|m| m.weight == 0)
     }
 }
 

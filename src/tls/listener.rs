@@ -86,11 +86,7 @@ async fn accept(
     if let Some(sni) = hello.sni.as_deref() {
         let route = proxy.store.load().lookup(sni, "").cloned();
         if let Some(route) = route.filter(|r| r.termination == Some(Termination::Passthrough)) {
-            let key = match peer.ip() {
-                std::net::IpAddr::V4(a) => u32::from(a) as u64,
-                std::net::IpAddr::V6(a) => (u128::from(a) >> 64) as u64 ^ u128::from(a) as u64,
-            };
-            let Some(pick) = crate::balance::pick_hashed(&route.backends, key) else {
+            let Some(pick) = crate::balance::pick_hashed(&route.backends, peer.ip()) else {
                 return Err("passthrough route has no ready endpoint");
             };
             let (_, endpoint) = pick.resolve(&route.backends);

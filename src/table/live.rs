@@ -1,0 +1,174 @@
+//! Live endpoint state that must outlive any one table: requests in flight
+//! (leastconn, random's two choices) and passive health (consecutive
+//! failures, ejection with back-off). Keyed by endpoint identity in a
+//! registry, so a recompiled table picks up the same state.
+
+use super::Endpoint;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// When an endpoint is taken out of rotation after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Consecutive failures (connect errors, and 5xx when `eject_on_5xx`)
+    /// before ejection; 0 turns passive ejection off.
+    pub eject_after: u32,
+    pub eject_on_5xx: bool,
+    /// First ejection; doubles on each consecutive one.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            eject_after: 3,
+            eject_on_5xx: false,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One endpoint's counters.
+#[derive(Debug, Default)]
+pub struct EndpointLive {
+    active: AtomicU32,
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl EndpointLive {
+    /// Requests in flight to this endpoint.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Not ejected right now (an expired ejection means: try it again).
+    pub fn is_available(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Currently ejected.
+    pub fn is_ejected(&self) -> bool {
+        !self.is_available()
+    }
+
+    /// Count a request until the guard drops (response finished or gone).
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    /// The endpoint answered well: forget past failures.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 && self.is_available() {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The endpoint failed; returns true when this failure ejected it.
+    pub fn record_failure(&self, policy: &HealthPolicy) -> bool {
+        if policy.eject_after == 0 {
+            return false;
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < policy.eject_after || !self.is_available() {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let backoff = policy
+            .base_ejection
+            .saturating_mul(1u32 << k)
+            .min(policy.max_ejection);
+        self.ejected_until_ms
+            .store(now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Decrements the in-flight count on drop.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<EndpointLive>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Endpoint identity → its live state, shared by every table.
+#[derive(Debug, Default)]
+pub struct LiveRegistry {
+    map: Mutex<HashMap<Endpoint, Weak<EndpointLive>>>,
+}
+
+impl LiveRegistry {
+    /// The state for `ep`, created on first sight.
+    pub fn get(&self, ep: &Endpoint) -> Arc<EndpointLive> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = m.get(ep).and_then(Weak::upgrade) {
+            return live;
+        }
+        let live = Arc::new(EndpointLive::default());
+        m.insert(ep.clone(), Arc::downgrade(&live));
+        live
+    }
+
+    /// Forget endpoints no table refers to any more.
+    pub fn prune(&self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, w| w.strong_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejects_after_consecutive_failures_with_backoff() {
+        let p = HealthPolicy {
+            eject_after: 2,
+            base_ejection: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let e = EndpointLive::default();
+        assert!(!e.record_failure(&p));
+        e.record_success();
+        assert!(!e.record_failure(&p));
+        assert!(e.record_failure(&p), "second consecutive failure ejects");
+        assert!(e.is_ejected());
+        std::thread::sleep(Duration::from_millis(70));
+        assert!(e.is_available(), "back after the back-off");
+        let g = Arc::new(EndpointLive::default());
+        let guard = g.begin();
+        assert_eq!(g.active(), 1);
+        drop(guard);
+        assert_eq!(g.active(), 0);
+    }
+
+    #[test]
+    fn registry_shares_state_and_forgets_unused() {
+        let r = LiveRegistry::default();
+        let ep = Endpoint::Socket(([127, 0, 0, 1], 1).into());
+        let a = r.get(&ep);
+        let b = r.get(&ep);
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        r.prune();
+        assert!(r.map.lock().unwrap().is_empty());
+    }
+}
