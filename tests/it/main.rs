@@ -2,6 +2,7 @@
 //! real binary where the process matters. One binary so it links once.
 
 mod admission;
+mod balance;
 mod pool;
 mod process;
 mod protocols;

@@ -1,0 +1,271 @@
+//! Balancing over real sockets: sticky cookies, cookie attributes per
+//! termination, weights, roundrobin, ejection of a dead endpoint,
+//! ip_allowlist and rewrite-target.
+
+use crate::support::*;
+use http::StatusCode;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn set_cookie(r: &Reply) -> Option<String> {
+    r.headers.get("set-cookie").map(|v| v.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn sticky_cookie_keeps_a_client_on_one_endpoint() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let text = format!(
+        "{}{}",
+        service("default", "web", &[a.port(), b.port()]),
+        route(
+            "default",
+            "s",
+            "2024-01-01T00:00:00Z",
+            "s.example.com",
+            "",
+            "web",
+            &[("router.openshift.io/cookie_name", "shop_session")],
+            ""
+        )
+    );
+    let r = TestRouter::start(&[("s.yaml", &text)]).await;
+
+    // Without cookies both endpoints are used.
+    let mut seen = HashMap::new();
+    for _ in 0..40 {
+        let reply = r.get("s.example.com", "/").await;
+        *seen.entry(reply.echoed("name").unwrap().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // The first answer sets the cookie; sent back, it pins the endpoint.
+    let first = r.get("s.example.com", "/").await;
+    let cookie = set_cookie(&first).expect("a sticky cookie");
+    assert!(cookie.starts_with("shop_session="), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && !cookie.contains("Secure"), "plain route: {cookie}");
+    assert_eq!(first.headers["cache-control"], "private");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let pinned = first.echoed("name").unwrap().to_owned();
+    for _ in 0..10 {
+        let reply = get(r.http, "s.example.com", "/", &[("cookie", &format!("other=1; {pair}"))]).await;
+        assert_eq!(reply.echoed("name"), Some(pinned.as_str()));
+        assert!(set_cookie(&reply).is_none(), "no new cookie while it is honoured");
+        // The application never sees the router's cookie.
+        assert_eq!(reply.echoed("cookie"), Some("other=1"));
+    }
+
+    // The endpoint goes away: the client is re-balanced and gets a new cookie.
+    let gone = if pinned == "a" { a.port() } else { b.port() };
+    let kept = if pinned == "a" { b.port() } else { a.port() };
+    let _ = gone;
+    r.write(
+        "s.yaml",
+        &text.replace(&service("default", "web", &[a.port(), b.port()]), &service("default", "web", &[kept])),
+    )
+    .await;
+    let moved = get(r.http, "s.example.com", "/", &[("cookie", &pair)]).await;
+    assert_eq!(moved.status, StatusCode::OK);
+    assert_ne!(moved.echoed("name"), Some(pinned.as_str()));
+    assert!(set_cookie(&moved).is_some(), "a new cookie for the new endpoint");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn cookie_attributes_follow_termination_and_can_be_disabled() {
+    let up = Upstream::start("web").await;
+    let tls = |p: &str| format!("  tls: {{termination: edge, insecureEdgeTerminationPolicy: {p}}}\n");
+    let text = [
+        service("default", "web", &[up.port()]),
+        route("default", "allow", "2024-01-01T00:00:00Z", "allow.example.com", "", "web", &[], &tls("Allow")),
+        route(
+            "default",
+            "off",
+            "2024-01-01T00:00:00Z",
+            "off.example.com",
+            "",
+            "web",
+            &[("haproxy.router.openshift.io/disable_cookies", "true")],
+            "",
+        ),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("t.yaml", &text)]).await;
+    // Edge + Allow served on :80: no Secure (the cookie must work over http).
+    let c = set_cookie(&r.get("allow.example.com", "/").await).unwrap();
+    assert!(c.contains("HttpOnly") && !c.contains("Secure"), "{c}");
+    assert!(set_cookie(&r.get("off.example.com", "/").await).is_none());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn roundrobin_and_weights_over_real_requests() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let c = Upstream::start("c").await;
+    let alt = "  alternateBackends: [{kind: Service, name: canary, weight: 25}]\n";
+    let text = [
+        service("default", "web", &[a.port(), b.port()]),
+        service("default", "canary", &[c.port()]),
+        route(
+            "default",
+            "rr",
+            "2024-01-01T00:00:00Z",
+            "rr.example.com",
+            "",
+            "web",
+            &[
+                ("haproxy.router.openshift.io/balance", "roundrobin"),
+                ("haproxy.router.openshift.io/disable_cookies", "true"),
+            ],
+            "",
+        ),
+        route(
+            "default",
+            "split",
+            "2024-01-01T00:00:00Z",
+            "split.example.com",
+            "",
+            "web",
+            &[("haproxy.router.openshift.io/disable_cookies", "true")],
+            alt,
+        )
+        .replace("name: web}", "name: web, weight: 75}"),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("w.yaml", &text)]).await;
+    let names: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(r.get("rr.example.com", "/").await.echoed("name").unwrap().to_owned());
+        }
+        v
+    };
+    for w in names.windows(2) {
+        assert_ne!(w[0], w[1], "roundrobin alternates: {names:?}");
+    }
+    // 75/25 between services (each web endpoint gets 37.5%).
+    let mut n = HashMap::new();
+    const N: usize = 800;
+    for _ in 0..N {
+        let name = r.get("split.example.com", "/").await.echoed("name").unwrap().to_owned();
+        *n.entry(name).or_insert(0usize) += 1;
+    }
+    let canary = *n.get("c").unwrap_or(&0) as f64 / N as f64;
+    assert!((canary - 0.25).abs() < 0.04, "canary share {canary}: {n:?}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_ejected_without_failed_gets_and_comes_back() {
+    let a = Upstream::start("a").await;
+    let b_port = dead_port().await;
+    let text = format!(
+        "{}{}",
+        service("default", "web", &[a.port(), b_port]),
+        route(
+            "default",
+            "h",
+            "2024-01-01T00:00:00Z",
+            "h.example.com",
+            "",
+            "web",
+            &[
+                ("haproxy.router.openshift.io/balance", "roundrobin"),
+                ("haproxy.router.openshift.io/disable_cookies", "true"),
+            ],
+            ""
+        )
+    );
+    let r = TestRouter::start_with(&[("h.yaml", &text)], |c| {
+        c.health.eject_after = 2;
+        c.health.base_ejection = Duration::from_millis(300);
+        c.health.max_ejection = Duration::from_millis(300);
+    })
+    .await;
+    // The dead endpoint fails its connects: every GET still succeeds (retry
+    // on the other endpoint) and within a second it is out of rotation.
+    let start = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(r.get("h.example.com", "/").await.status, StatusCode::OK);
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // It comes back: start a server on the dead port.
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", b_port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nname=b\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut back = false;
+    for _ in 0..20 {
+        let reply = r.get("h.example.com", "/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        if reply.body.starts_with("name=b") {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "the recovered endpoint is used again");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn ip_allowlist_and_rewrite_target() {
+    let up = Upstream::start("web").await;
+    let text = [
+        service("default", "web", &[up.port()]),
+        route(
+            "default",
+            "open",
+            "2024-01-01T00:00:00Z",
+            "open.example.com",
+            "",
+            "web",
+            &[("haproxy.router.openshift.io/ip_allowlist", "10.0.0.0/8 127.0.0.1 ::1")],
+            "",
+        ),
+        route(
+            "default",
+            "closed",
+            "2024-01-01T00:00:00Z",
+            "closed.example.com",
+            "",
+            "web",
+            &[("haproxy.router.openshift.io/ip_whitelist", "192.0.2.0/24 2001:db8::/32")],
+            "",
+        ),
+        route(
+            "default",
+            "rw",
+            "2024-01-01T00:00:00Z",
+            "rw.example.com",
+            "/foo",
+            "web",
+            &[("haproxy.router.openshift.io/rewrite-target", "/bar")],
+            "",
+        ),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("a.yaml", &text)]).await;
+    assert_eq!(r.get("open.example.com", "/").await.status, StatusCode::OK);
+    let closed = r.get("closed.example.com", "/").await;
+    assert_eq!(closed.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.get("rw.example.com", "/foo/x?y=1").await.echoed("uri"), Some("/bar/x?y=1"));
+    assert_eq!(r.get("rw.example.com", "/foo").await.echoed("uri"), Some("/bar"));
+    r.stop().await;
+}
