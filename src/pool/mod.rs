@@ -63,15 +63,19 @@ pub struct ExchangeError {
     /// any response byte: the upstream most likely closed it while idle,
     /// and a safe request may be sent again on a fresh connection.
     pub stale: bool,
+    /// Failed before any response byte (closed, reset): a safe request may
+    /// go to another endpoint.
+    pub before_response: bool,
 }
 
 impl ExchangeError {
     fn new(endpoint: &Endpoint, source: hyper::Error, reused: bool) -> Self {
-        let stale = reused && no_response(&source);
+        let before_response = no_response(&source);
         ExchangeError {
             endpoint: endpoint.to_string(),
             source,
-            stale,
+            stale: reused && before_response,
+            before_response,
         }
     }
 }

@@ -266,45 +266,84 @@ async fn forward(
             }
         }
     };
-    // A safe request without a body, on a reused connection, keeps its head
-    // so it can go out again if the upstream closed that connection while
-    // idle (the keep-alive race every proxy meets).
-    let replay =
-        (upstream.is_reused() && is_safe(up.method()) && up.body().is_end_stream()).then(|| {
+    // A safe request without a body keeps its head so it can go out again:
+    // on a fresh connection when a pooled one turns out closed by the
+    // upstream (the keep-alive race), or on another endpoint when one dies
+    // before answering (bounded by MAX_ATTEMPTS and the retry budget).
+    let replay = (is_safe(up.method()) && up.body().is_end_stream()).then(|| {
+        let mut r = Request::new(());
+        *r.method_mut() = up.method().clone();
+        *r.uri_mut() = up.uri().clone();
+        *r.version_mut() = up.version();
+        *r.headers_mut() = up.headers().clone();
+        r
+    });
+    proxy.retry_budget.deposit();
+    let deadline = tokio::time::Instant::now() + route.settings.timeout;
+    let (mut endpoint, mut chosen, mut upstream, mut up) = (endpoint, chosen, upstream, up);
+    let _ = protocol;
+    let sent = loop {
+        let member = chosen.member(&route.backends);
+        let guard = member.live.begin();
+        let tls = route.upstream_tls.as_ref();
+        let result =
+            tokio::time::timeout_at(deadline, proxy.upstreams.send(&endpoint, upstream, up, tls))
+                .await;
+        let e = match result {
+            Ok(Err(e)) => e,
+            other => break (other, chosen, endpoint, guard),
+        };
+        if !e.stale {
+            member.live.record_failure(&proxy.health);
+        }
+        let Some(head) = replay.as_ref() else {
+            break (Ok(Err(e)), chosen, endpoint, guard);
+        };
+        let again = || {
             let mut r = Request::new(RequestBody::Empty);
-            *r.method_mut() = up.method().clone();
-            *r.uri_mut() = up.uri().clone();
-            *r.version_mut() = up.version();
-            *r.headers_mut() = up.headers().clone();
+            *r.method_mut() = head.method().clone();
+            *r.uri_mut() = head.uri().clone();
+            *r.version_mut() = head.version();
+            *r.headers_mut() = head.headers().clone();
             r
-        });
-    let member = chosen.member(&route.backends);
-    let guard = member.live.begin();
-    let exchange = async {
-        match proxy
-            .upstreams
-            .send(&endpoint, upstream, up, route.upstream_tls.as_ref())
-            .await
-        {
-            Err(e) if e.stale => match replay {
-                Some(req) => {
-                    debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
-                    let fresh = proxy
-                        .upstreams
-                        .connect(&endpoint, protocol, route.upstream_tls.as_ref())
-                        .await
-                        .map_err(|_| e)?;
-                    proxy
-                        .upstreams
-                        .send(&endpoint, fresh, req, route.upstream_tls.as_ref())
-                        .await
+        };
+        if e.stale {
+            // Same endpoint, fresh connection: the endpoint did nothing wrong.
+            debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
+            let protocol = chosen.resolve(&route.backends).0.protocol;
+            match proxy.upstreams.connect(&endpoint, protocol, tls).await {
+                Ok(fresh) => {
+                    upstream = fresh;
+                    up = again();
+                    continue;
                 }
-                None => Err(e),
-            },
-            other => other,
+                Err(_) => break (Ok(Err(e)), chosen, endpoint, guard),
+            }
+        }
+        tried.push(chosen);
+        if !e.before_response
+            || tried.len() >= MAX_ATTEMPTS.min(endpoints)
+            || !proxy.retry_budget.withdraw()
+        {
+            break (Ok(Err(e)), chosen, endpoint, guard);
+        }
+        let Some(next) = balance::pick(&route.backends, conn.peer.ip(), &tried) else {
+            break (Ok(Err(e)), chosen, endpoint, guard);
+        };
+        let (group, next_ep) = next.resolve(&route.backends);
+        match proxy.upstreams.checkout(next_ep, group.protocol, tls).await {
+            Ok(c) => {
+                warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, "upstream failed before answering; retrying on another endpoint");
+                let mut req = again();
+                let pq = req.uri().path_and_query().cloned();
+                set_target(&mut req, c.protocol(), host, pq, tls.is_some());
+                (endpoint, chosen, upstream, up) = (next_ep.clone(), next, c, req);
+            }
+            Err(_) => break (Ok(Err(e)), chosen, endpoint, guard),
         }
     };
-    let sent = tokio::time::timeout(route.settings.timeout, exchange).await;
+    let (sent, chosen, endpoint, guard) = sent;
+    let member = chosen.member(&route.backends);
     match sent {
         Err(_) => {
             warn!(route = %route.name, namespace = %route.namespace, %endpoint, "upstream timed out");
@@ -352,7 +391,6 @@ async fn forward(
         }
         Ok(Err(e)) => {
             debug!(route = %route.name, namespace = %route.namespace, error = %e, "upstream exchange failed");
-            member.live.record_failure(&proxy.health);
             if e.source.is_timeout() {
                 return (
                     local::text(

@@ -35,6 +35,45 @@ pub struct Proxy {
     pub upstreams: Upstreams,
     pub access_log: Option<AccessLog>,
     pub health: crate::table::HealthPolicy,
+    pub retry_budget: RetryBudget,
+}
+
+/// Retries may add at most a tenth to the load: every request deposits one
+/// token, every retry to another endpoint costs ten; a small reserve lets a
+/// quiet router retry too. An outage cannot be amplified by retries.
+#[derive(Debug)]
+pub struct RetryBudget {
+    tokens: std::sync::atomic::AtomicI64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            tokens: std::sync::atomic::AtomicI64::new(Self::CAP),
+        }
+    }
+}
+
+impl RetryBudget {
+    const CAP: i64 = 200;
+    const COST: i64 = 10;
+
+    pub fn deposit(&self) {
+        use std::sync::atomic::Ordering;
+        if self.tokens.load(Ordering::Relaxed) < Self::CAP {
+            self.tokens.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Take the cost of one retry; false when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= Self::COST).then_some(t - Self::COST)
+            })
+            .is_ok()
+    }
 }
 
 /// One client connection, rendered once so requests do not format again.

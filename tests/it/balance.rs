@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 fn set_cookie(r: &Reply) -> Option<String> {
-    r.headers.get("set-cookie").map(|v| v.to_str().unwrap().to_owned())
+    r.headers
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 #[tokio::test]
@@ -35,7 +37,9 @@ async fn sticky_cookie_keeps_a_client_on_one_endpoint() {
     let mut seen = HashMap::new();
     for _ in 0..40 {
         let reply = r.get("s.example.com", "/").await;
-        *seen.entry(reply.echoed("name").unwrap().to_owned()).or_insert(0) += 1;
+        *seen
+            .entry(reply.echoed("name").unwrap().to_owned())
+            .or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 
@@ -43,14 +47,26 @@ async fn sticky_cookie_keeps_a_client_on_one_endpoint() {
     let first = r.get("s.example.com", "/").await;
     let cookie = set_cookie(&first).expect("a sticky cookie");
     assert!(cookie.starts_with("shop_session="), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && !cookie.contains("Secure"), "plain route: {cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && !cookie.contains("Secure"),
+        "plain route: {cookie}"
+    );
     assert_eq!(first.headers["cache-control"], "private");
     let pair = cookie.split(';').next().unwrap().to_owned();
     let pinned = first.echoed("name").unwrap().to_owned();
     for _ in 0..10 {
-        let reply = get(r.http, "s.example.com", "/", &[("cookie", &format!("other=1; {pair}"))]).await;
+        let reply = get(
+            r.http,
+            "s.example.com",
+            "/",
+            &[("cookie", &format!("other=1; {pair}"))],
+        )
+        .await;
         assert_eq!(reply.echoed("name"), Some(pinned.as_str()));
-        assert!(set_cookie(&reply).is_none(), "no new cookie while it is honoured");
+        assert!(
+            set_cookie(&reply).is_none(),
+            "no new cookie while it is honoured"
+        );
         // The application never sees the router's cookie.
         assert_eq!(reply.echoed("cookie"), Some("other=1"));
     }
@@ -61,23 +77,39 @@ async fn sticky_cookie_keeps_a_client_on_one_endpoint() {
     let _ = gone;
     r.write(
         "s.yaml",
-        &text.replace(&service("default", "web", &[a.port(), b.port()]), &service("default", "web", &[kept])),
+        &text.replace(
+            &service("default", "web", &[a.port(), b.port()]),
+            &service("default", "web", &[kept]),
+        ),
     )
     .await;
     let moved = get(r.http, "s.example.com", "/", &[("cookie", &pair)]).await;
     assert_eq!(moved.status, StatusCode::OK);
     assert_ne!(moved.echoed("name"), Some(pinned.as_str()));
-    assert!(set_cookie(&moved).is_some(), "a new cookie for the new endpoint");
+    assert!(
+        set_cookie(&moved).is_some(),
+        "a new cookie for the new endpoint"
+    );
     r.stop().await;
 }
 
 #[tokio::test]
 async fn cookie_attributes_follow_termination_and_can_be_disabled() {
     let up = Upstream::start("web").await;
-    let tls = |p: &str| format!("  tls: {{termination: edge, insecureEdgeTerminationPolicy: {p}}}\n");
+    let tls =
+        |p: &str| format!("  tls: {{termination: edge, insecureEdgeTerminationPolicy: {p}}}\n");
     let text = [
         service("default", "web", &[up.port()]),
-        route("default", "allow", "2024-01-01T00:00:00Z", "allow.example.com", "", "web", &[], &tls("Allow")),
+        route(
+            "default",
+            "allow",
+            "2024-01-01T00:00:00Z",
+            "allow.example.com",
+            "",
+            "web",
+            &[],
+            &tls("Allow"),
+        ),
         route(
             "default",
             "off",
@@ -137,7 +169,13 @@ async fn roundrobin_and_weights_over_real_requests() {
     let names: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..6 {
-            v.push(r.get("rr.example.com", "/").await.echoed("name").unwrap().to_owned());
+            v.push(
+                r.get("rr.example.com", "/")
+                    .await
+                    .echoed("name")
+                    .unwrap()
+                    .to_owned(),
+            );
         }
         v
     };
@@ -148,7 +186,12 @@ async fn roundrobin_and_weights_over_real_requests() {
     let mut n = HashMap::new();
     const N: usize = 800;
     for _ in 0..N {
-        let name = r.get("split.example.com", "/").await.echoed("name").unwrap().to_owned();
+        let name = r
+            .get("split.example.com", "/")
+            .await
+            .echoed("name")
+            .unwrap()
+            .to_owned();
         *n.entry(name).or_insert(0usize) += 1;
     }
     let canary = *n.get("c").unwrap_or(&0) as f64 / N as f64;
@@ -192,18 +235,25 @@ async fn a_dead_endpoint_is_ejected_without_failed_gets_and_comes_back() {
     assert!(start.elapsed() < Duration::from_secs(5));
 
     // It comes back: start a server on the dead port.
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", b_port)).await.unwrap();
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", b_port))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = [0u8; 4096];
                 loop {
-                    let Ok(n) = s.read(&mut buf).await else { return };
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nname=b\r\n").await.is_err() {
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nname=b\r\n")
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -236,7 +286,10 @@ async fn ip_allowlist_and_rewrite_target() {
             "open.example.com",
             "",
             "web",
-            &[("haproxy.router.openshift.io/ip_allowlist", "10.0.0.0/8 127.0.0.1 ::1")],
+            &[(
+                "haproxy.router.openshift.io/ip_allowlist",
+                "10.0.0.0/8 127.0.0.1 ::1",
+            )],
             "",
         ),
         route(
@@ -246,7 +299,10 @@ async fn ip_allowlist_and_rewrite_target() {
             "closed.example.com",
             "",
             "web",
-            &[("haproxy.router.openshift.io/ip_whitelist", "192.0.2.0/24 2001:db8::/32")],
+            &[(
+                "haproxy.router.openshift.io/ip_whitelist",
+                "192.0.2.0/24 2001:db8::/32",
+            )],
             "",
         ),
         route(
@@ -265,7 +321,75 @@ async fn ip_allowlist_and_rewrite_target() {
     assert_eq!(r.get("open.example.com", "/").await.status, StatusCode::OK);
     let closed = r.get("closed.example.com", "/").await;
     assert_eq!(closed.status, StatusCode::FORBIDDEN);
-    assert_eq!(r.get("rw.example.com", "/foo/x?y=1").await.echoed("uri"), Some("/bar/x?y=1"));
-    assert_eq!(r.get("rw.example.com", "/foo").await.echoed("uri"), Some("/bar"));
+    assert_eq!(
+        r.get("rw.example.com", "/foo/x?y=1").await.echoed("uri"),
+        Some("/bar/x?y=1")
+    );
+    assert_eq!(
+        r.get("rw.example.com", "/foo").await.echoed("uri"),
+        Some("/bar")
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn safe_requests_survive_an_endpoint_that_resets_and_it_gets_ejected() {
+    let good = Upstream::start("good").await;
+    let bad = resetting_upstream().await;
+    let (front, accepted) = counting_front(bad).await;
+    let text = format!(
+        "{}{}",
+        service("default", "web", &[good.port(), front.port()]),
+        route(
+            "default",
+            "r",
+            "2024-01-01T00:00:00Z",
+            "r.example.com",
+            "",
+            "web",
+            &[
+                ("haproxy.router.openshift.io/balance", "roundrobin"),
+                ("haproxy.router.openshift.io/disable_cookies", "true"),
+            ],
+            ""
+        )
+    );
+    let r = TestRouter::start_with(&[("r.yaml", &text)], |c| {
+        c.health.eject_after = 2;
+        c.health.base_ejection = Duration::from_secs(30);
+    })
+    .await;
+    for i in 0..40 {
+        let reply = r.get("r.example.com", "/").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "GET {i} failed: {}",
+            reply.body
+        );
+    }
+    // Two resets eject it: of 40 round-robin requests only the first few
+    // ever reached the resetting endpoint.
+    let hits = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&hits),
+        "{hits} connections to the bad endpoint"
+    );
+    // A POST is never replayed: its failure is the client's to see.
+    let c = client();
+    let mut failed = 0;
+    for _ in 0..4 {
+        let req = http::Request::post(format!("http://{}/sink", r.http))
+            .header("host", "r.example.com")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .unwrap();
+        if send(&c, req).await.status != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "the bad endpoint is ejected, so POSTs go to the good one"
+    );
     r.stop().await;
 }
