@@ -120,6 +120,7 @@ pub async fn start_with_source(
         access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
         health: cfg.health.policy(),
         retry_budget: Default::default(),
+        limits: Default::default(),
     });
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,

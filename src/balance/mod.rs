@@ -31,7 +31,18 @@ impl Pick {
 /// are tried: better a chance than a certain 503). `None` when nothing is
 /// left or every weight is 0.
 pub fn pick(set: &BackendSet, client: IpAddr, tried: &[Pick]) -> Option<Pick> {
-    pick_where(set, client, tried, true).or_else(|| pick_where(set, client, tried, false))
+    pick_capped(set, client, tried, None)
+}
+
+/// `pick`, leaving out endpoints with `cap` or more requests in flight
+/// (`pod-concurrent-connections`).
+pub fn pick_capped(
+    set: &BackendSet,
+    client: IpAddr,
+    tried: &[Pick],
+    cap: Option<u32>,
+) -> Option<Pick> {
+    pick_where(set, client, tried, true, cap).or_else(|| pick_where(set, client, tried, false, cap))
 }
 
 fn pick_where(
@@ -39,9 +50,13 @@ fn pick_where(
     client: IpAddr,
     tried: &[Pick],
     healthy_only: bool,
+    cap: Option<u32>,
 ) -> Option<Pick> {
     let eligible = |i: usize, m: &Member| {
-        m.weight > 0 && !tried.contains(&Pick(i)) && (!healthy_only || m.live.is_available())
+        m.weight > 0
+            && !tried.contains(&Pick(i))
+            && (!healthy_only || m.live.is_available())
+            && cap.is_none_or(|c| m.live.active() < c)
     };
     match set.algorithm {
         Algorithm::RoundRobin => round_robin(set, &eligible),

@@ -85,6 +85,8 @@ const ANN_SAME_SITE: &str = "router.openshift.io/cookie-same-site";
 const ANN_REWRITE: &str = "haproxy.router.openshift.io/rewrite-target";
 const ANN_ALLOWLIST: &str = "haproxy.router.openshift.io/ip_allowlist";
 const ANN_WHITELIST: &str = "haproxy.router.openshift.io/ip_whitelist";
+const ANN_RATE_LIMIT: &str = "haproxy.router.openshift.io/rate-limit-connections";
+const ANN_POD_CONN: &str = "haproxy.router.openshift.io/pod-concurrent-connections";
 const ANN_HSTS: &str = "haproxy.router.openshift.io/hsts_header";
 const ANN_FORWARDED: &str = "haproxy.router.openshift.io/set-forwarded-headers";
 
@@ -504,6 +506,26 @@ fn settings(
             }
             (!nets.is_empty()).then(|| nets.into_boxed_slice())
         });
+    let mut count = |key: &str| -> Option<u32> {
+        let v = ann.get(key)?;
+        match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                note(key, v, "expected a positive whole number");
+                None
+            }
+        }
+    };
+    let rate_limits = ann
+        .get(ANN_RATE_LIMIT)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        .then(|| crate::table::RateLimits {
+            concurrent: count(&format!("{ANN_RATE_LIMIT}.concurrent-tcp")),
+            rate_tcp: count(&format!("{ANN_RATE_LIMIT}.rate-tcp")),
+            rate_http: count(&format!("{ANN_RATE_LIMIT}.rate-http")),
+        })
+        .filter(|l| l.concurrent.is_some() || l.rate_tcp.is_some() || l.rate_http.is_some());
+    let pod_max_conn = count(ANN_POD_CONN);
     RouteSettings {
         timeout,
         tunnel_timeout,
@@ -513,6 +535,8 @@ fn settings(
         cookie,
         rewrite_target,
         allowlist,
+        rate_limits,
+        pod_max_conn,
     }
 }
 

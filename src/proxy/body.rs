@@ -2,6 +2,7 @@
 //! local one. An enum, not a box: no allocation per response.
 
 use crate::pool::UpstreamBody;
+use crate::proxy::limits::Slot;
 use crate::table::ActiveGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 pub enum ProxyBody {
     /// The upstream's body; the guard counts the request as in flight
     /// until the body is done or dropped.
-    Upstream(UpstreamBody, Option<ActiveGuard>),
+    Upstream(UpstreamBody, Option<InFlight>),
     Local(Option<Bytes>),
 }
 
@@ -53,4 +54,12 @@ impl Body for ProxyBody {
             ProxyBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
+}
+
+/// What a response holds while it streams: its endpoint's in-flight count
+/// and, on rate-limited routes, the client's concurrency slot.
+#[derive(Debug)]
+pub struct InFlight {
+    pub active: ActiveGuard,
+    pub slot: Option<Slot>,
 }

@@ -21,6 +21,9 @@ use tracing::{debug, warn};
 static X_SSL_CLIENT_DN: http::HeaderName = http::HeaderName::from_static("x-ssl-client-dn");
 static X_SSL_CLIENT_VERIFY: http::HeaderName = http::HeaderName::from_static("x-ssl-client-verify");
 
+/// How long a request waits for an endpoint below its connection limit.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// At most this many endpoints are tried for one request.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -127,6 +130,31 @@ async fn forward(
             );
         }
     }
+    let new_conn = conn
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        == 0;
+    let slot = match &route.settings.rate_limits {
+        None => None,
+        Some(l) => {
+            match proxy
+                .limits
+                .admit(&route.namespace, &route.name, l, conn.peer.ip(), new_conn)
+            {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    debug!(route = %route.name, namespace = %route.namespace, client = %conn.peer.ip(), ?why, "rate limited");
+                    return (
+                        local::text(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many requests from your address",
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    };
     // A sticky cookie naming a live endpoint of this route wins the first
     // pick; it is not passed on to the application (HAProxy's `indirect`).
     let sticky = route.settings.cookie.as_ref().and_then(|c| {
@@ -196,10 +224,37 @@ async fn forward(
         .map(|g| g.endpoints.len())
         .sum();
     let (endpoint, protocol, upstream, chosen) = loop {
-        let next = match sticky {
-            Some(s) if tried.is_empty() => Some(s),
-            _ => balance::pick(&route.backends, conn.peer.ip(), &tried),
+        let cap = route.settings.pod_max_conn;
+        let mut next = match sticky {
+            Some(s)
+                if tried.is_empty()
+                    && cap.is_none_or(|c| s.member(&route.backends).live.active() < c) =>
+            {
+                Some(s)
+            }
+            _ => balance::pick_capped(&route.backends, conn.peer.ip(), &tried, cap),
         };
+        if next.is_none()
+            && cap.is_some()
+            && balance::pick(&route.backends, conn.peer.ip(), &tried).is_some()
+        {
+            // Every endpoint is at its connection limit: wait a moment in
+            // line, as HAProxy's queue does, then give up with 503.
+            let until = tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout);
+            while next.is_none() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                next = balance::pick_capped(&route.backends, conn.peer.ip(), &tried, cap);
+            }
+            if next.is_none() {
+                return (
+                    local::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "every endpoint is at its connection limit",
+                    ),
+                    None,
+                );
+            }
+        }
         let Some(pick) = next else {
             return (
                 local::text(
@@ -385,7 +440,16 @@ async fn forward(
                     .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
             (
-                Response::from_parts(parts, ProxyBody::Upstream(body, Some(guard))),
+                Response::from_parts(
+                    parts,
+                    ProxyBody::Upstream(
+                        body,
+                        Some(super::body::InFlight {
+                            active: guard,
+                            slot,
+                        }),
+                    ),
+                ),
                 Some(endpoint),
             )
         }

@@ -6,6 +6,7 @@
 mod body;
 mod handler;
 pub mod headers;
+pub mod limits;
 
 mod local;
 pub(crate) mod tunnel;
@@ -36,6 +37,7 @@ pub struct Proxy {
     pub access_log: Option<AccessLog>,
     pub health: crate::table::HealthPolicy,
     pub retry_budget: RetryBudget,
+    pub limits: limits::Limiters,
 }
 
 /// Retries may add at most a tenth to the load: every request deposits one
@@ -86,6 +88,9 @@ pub struct ConnInfo {
     pub port_value: HeaderValue,
     /// The verified client certificate's subject (mutual TLS).
     pub client_dn: Option<HeaderValue>,
+    /// Requests seen on this connection (the first one opens it, for
+    /// per-client connection rates).
+    pub requests: std::sync::atomic::AtomicU32,
 }
 
 impl ConnInfo {
@@ -99,6 +104,7 @@ impl ConnInfo {
                 .unwrap_or(HeaderValue::from_static("unknown")),
             port_value: HeaderValue::from(local.port()),
             client_dn: None,
+            requests: std::sync::atomic::AtomicU32::new(0),
         }
     }
 }

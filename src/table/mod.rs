@@ -119,6 +119,22 @@ pub struct RouteSettings {
     pub rewrite_target: Option<Box<str>>,
     /// `haproxy.router.openshift.io/ip_allowlist`: only these clients.
     pub allowlist: Option<Box<[crate::model::ipnet::IpNet]>>,
+    /// `haproxy.router.openshift.io/rate-limit-connections*`.
+    pub rate_limits: Option<RateLimits>,
+    /// `haproxy.router.openshift.io/pod-concurrent-connections`: requests in
+    /// flight per endpoint; more wait briefly, then 503.
+    pub pod_max_conn: Option<u32>,
+}
+
+/// Per-client limits of a route (OpenShift's rate-limit-connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimits {
+    /// `.concurrent-tcp`: requests in flight per client address.
+    pub concurrent: Option<u32>,
+    /// `.rate-tcp`: new connections per client within 3 s.
+    pub rate_tcp: Option<u32>,
+    /// `.rate-http`: HTTP requests per client within 10 s.
+    pub rate_http: Option<u32>,
 }
 
 /// The sticky cookie of a route.

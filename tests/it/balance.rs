@@ -393,3 +393,93 @@ async fn safe_requests_survive_an_endpoint_that_resets_and_it_gets_ejected() {
     );
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_pod_concurrent_connections() {
+    let up = Upstream::start("web").await;
+    let rl = "haproxy.router.openshift.io/rate-limit-connections";
+    let text = [
+        service("default", "web", &[up.port()]),
+        route(
+            "default",
+            "rate",
+            "2024-01-01T00:00:00Z",
+            "rate.example.com",
+            "",
+            "web",
+            &[(rl, "true"), (&format!("{rl}.rate-http"), "5")],
+            "",
+        ),
+        route(
+            "default",
+            "conc",
+            "2024-01-01T00:00:00Z",
+            "conc.example.com",
+            "",
+            "web",
+            &[(rl, "true"), (&format!("{rl}.concurrent-tcp"), "1")],
+            "",
+        ),
+        route(
+            "default",
+            "pod",
+            "2024-01-01T00:00:00Z",
+            "pod.example.com",
+            "",
+            "web",
+            &[(
+                "haproxy.router.openshift.io/pod-concurrent-connections",
+                "1",
+            )],
+            "",
+        ),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("l.yaml", &text)]).await;
+    for i in 0..5 {
+        assert_eq!(
+            r.get("rate.example.com", "/").await.status,
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    assert_eq!(
+        r.get("rate.example.com", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    let http = r.http;
+    let slow = tokio::spawn(async move {
+        get(http, "conc.example.com", "/delay/500", &[])
+            .await
+            .status
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        r.get("conc.example.com", "/").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        r.get("conc.example.com", "/").await.status,
+        StatusCode::OK,
+        "the slot is free again"
+    );
+
+    // One request at a time per endpoint: the second waits in line and is
+    // served, the third waits longer than the queue allows and gets 503.
+    let mut tasks = Vec::new();
+    for i in 0..3u64 {
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 50)).await;
+            get(http, "pod.example.com", "/delay/700", &[]).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 503]);
+    r.stop().await;
+}
