@@ -1,53 +1,96 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: gatehouse vs HAProxy (DESIGN.md, "Performance
-# budget", row "keep-alive req/s, 1 core").
+# budget", row "keep-alive req/s, 1 core"), plain HTTP/1.1 and TLS.
 #
 # What it does
 #   1. cargo build --release (target/release/gatehouse).
 #   2. Starts nginx as the upstream (1 worker, access log off, `return 200
-#      "hello\n"`, huge keepalive_requests), pinned to LOAD_CPU.
+#      "hello\n"`, huge keepalive_requests), pinned to LOAD_CPU. A second
+#      nginx listener (BASE_PORT+6) serves stub_status only: the number of
+#      upstream connections each run opened.
 #   3. Writes a manifests directory: Service/Endpoints/Route `hello`
 #      (host hello.bench.local → nginx) plus FILLER other routes, so the table
-#      is not trivial.
+#      is not trivial. With a TLS scenario also an edge Route `hello-tls`
+#      (host hello-tls.bench.local → the same Service) with its own
+#      certificate.
 #   4. Starts gatehouse pinned to PROXY_CPU with one worker thread
 #      (GATEHOUSE_WORKER_THREADS=1, --access-log off) and waits for /readyz.
+#      With a TLS scenario also --https and a config file whose
+#      tls.default_certificate is the same certificate.
 #   5. Starts HAProxy pinned to PROXY_CPU (nbthread 1, no logging), with the
 #      same routes: a host map (like the OpenShift router's), `http-reuse
 #      always` to the upstream, `option forwardfor` (gatehouse appends
-#      X-Forwarded-For too).
+#      X-Forwarded-For too). With a TLS scenario also a second frontend
+#      `bind … ssl crt <same pem> alpn http/1.1` to the same backend.
 #   6. Checks that both proxies answer 200 with nginx's body for the Host (and
 #      fails loudly otherwise), warms both up, then loads them alternately
 #      (gatehouse, haproxy[, nginx direct], gatehouse, haproxy, … for ROUNDS
 #      rounds) with wrk pinned to LOAD_CPU. Both proxies stay up; only one is
-#      loaded at a time.
-#   7. Prints median req/s, median p99 and the proxy's CPU use per proxy, and
-#      the ratios gatehouse/haproxy; writes raw per-round numbers and wrk
-#      outputs to benches/load/out/<timestamp>/.
+#      loaded at a time. Before every round it waits (up to WAIT_IDLE s) until
+#      no cargo/rustc runs on the machine; a round at whose runs' end one was
+#      running is discarded and run again (RETRIES), or kept and flagged.
+#   7. Prints, per scenario, median req/s, median p99 and the proxy's CPU use
+#      per proxy, and the ratios gatehouse/haproxy; writes raw per-round
+#      numbers and wrk outputs to benches/load/out/<timestamp>/.
 #   8. Stops everything it started and removes its temp dir (trap EXIT).
+#
+# Scenarios (SCENARIOS, default all three, run in this order)
+#   h1             plain HTTP/1.1 keep-alive (the original benchmark).
+#   tls-keepalive  HTTPS keep-alive: wrk https://127.0.0.1:<port>/ with
+#                  Host: hello-tls.bench.local. The URL is an IP, so wrk's
+#                  SNI is "127.0.0.1" (no usable server name): both proxies
+#                  serve their default certificate, which is the same ECDSA
+#                  P-256 one; gatehouse offers ALPN http/1.1 only then, and
+#                  HAProxy is configured `alpn http/1.1`; wrk offers no ALPN.
+#   tls-handshake  one full TLS handshake per request: as tls-keepalive plus
+#                  `Connection: close`. wrk would resume the TLS 1.3 session
+#                  on each reconnect (SSL_clear keeps the ticket), so it runs
+#                  with an LD_PRELOAD shim (wrk_tls_shim.c, built with cc)
+#                  that drops the session: req/s = full handshakes/s. The
+#                  shim also counts full/resumed handshakes per run (CSV).
+#   tls-resume     (not in the default list) the same with wrk's own
+#                  behaviour: every reconnect resumes via a session ticket.
+#   TLS version, cipher, key exchange and certificate each proxy negotiates
+#   with an OpenSSL client like wrk are checked once and printed.
+#   nginx direct (BASELINE) is loaded in h1 only (it serves plain HTTP); in
+#   the TLS scenarios watch "load cpu %": wrk's own TLS work shares LOAD_CPU
+#   with nginx, and near 100 % the load side is the limit.
 #
 # Usage (from the repo root; needs root only to apt-get install nginx-light):
 #   bash benches/load/run.sh
 #   DURATION=5 ROUNDS=3 CONNECTIONS=100 bash benches/load/run.sh
+#   SCENARIOS="tls-handshake tls-resume" bash benches/load/run.sh
 #
 # Environment (defaults in brackets)
+#   SCENARIOS ["h1 tls-keepalive tls-handshake"]  see above
 #   DURATION [10]      seconds per wrk run
 #   ROUNDS [5]         measured rounds per proxy
 #   CONNECTIONS [50]   wrk connections (wrk uses 1 thread: -t1)
 #   WARMUP [3]         seconds of unrecorded load per proxy before round 1
 #   FILLER [100]       extra routes/services in the table
 #   PROXIES ["gatehouse haproxy"]  run only one side, e.g. PROXIES=haproxy
-#   BASELINE [1]       also load nginx directly (no proxy) in every round: the
-#                      most the load CPU can drive, the ceiling of any proxy's req/s
+#   BASELINE [1]       also load nginx directly (no proxy) in every h1 round:
+#                      the most the load CPU can drive, the ceiling of any
+#                      proxy's req/s
 #   SKIP_BUILD [0]     1 = use the existing binary, no cargo build
 #   GATEHOUSE [target/release/gatehouse]  the binary to run (with SKIP_BUILD=1)
 #   PROXY_CPU [0], LOAD_CPU [1]    CPUs for the proxies / for nginx + wrk
+#   WAIT_IDLE [600]    seconds to wait for cargo/rustc to finish before each
+#                      round (then it goes on with a warning); 0 = don't wait
+#   RETRIES [2]        times a round is run again when cargo/rustc appeared
+#                      during it (it is kept, flagged, after the last retry)
 #   BASE_PORT [18080]  nginx = BASE_PORT, gatehouse http/admin = +1/+2,
-#                      haproxy = +3
+#                      haproxy = +3, gatehouse https = +4, haproxy https = +5,
+#                      nginx stub_status = +6
 #
 # "proxy cpu %" is the proxy's user+system time over the run divided by wall
 # time (100 % = its whole core); "load cpu %" is how busy LOAD_CPU (nginx +
 # wrk) was. Proxy well below 100 % with the load CPU near 100 % means the
 # load side was the bottleneck and the req/s are not the proxy's limit.
+# "cpu us/req" is proxy CPU time per request (per handshake in tls-handshake):
+# the comparable figure when the load side, not the proxy, is saturated.
+# "upstream conns" is how many connections nginx accepted during the run:
+# about 0 once warm, unless a proxy stops reusing its upstream connections.
 
 set -euo pipefail
 
@@ -65,12 +108,19 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18080}
+SCENARIOS=${SCENARIOS:-"h1 tls-keepalive tls-handshake"}
+WAIT_IDLE=${WAIT_IDLE:-600}
+RETRIES=${RETRIES:-2}
 
 NGINX_PORT=$BASE_PORT
 GH_PORT=$((BASE_PORT + 1))
 GH_ADMIN=$((BASE_PORT + 2))
 HAP_PORT=$((BASE_PORT + 3))
+GH_HTTPS=$((BASE_PORT + 4))
+HAP_HTTPS=$((BASE_PORT + 5))
+NGINX_STATUS=$((BASE_PORT + 6))
 HOST=hello.bench.local
+TLS_HOST=hello-tls.bench.local
 BODY=hello
 
 say() { printf '== %s\n' "$*" >&2; }
@@ -102,9 +152,25 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- tools
+read -r -a SCEN <<<"$SCENARIOS"
+[ ${#SCEN[@]} -gt 0 ] || die "SCENARIOS is empty"
+TLS=0
+for s in "${SCEN[@]}"; do
+    case $s in
+    h1) ;;
+    tls-keepalive | tls-handshake | tls-resume) TLS=1 ;;
+    *) die "unknown scenario '$s' in SCENARIOS (h1, tls-keepalive, tls-handshake, tls-resume)" ;;
+    esac
+done
+
 for tool in wrk curl taskset haproxy awk; do
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y $tool)"
 done
+if [ "$TLS" = 1 ]; then
+    command -v openssl >/dev/null || die "openssl is not installed (apt-get install -y openssl)"
+    command -v cc >/dev/null || die "cc is not installed (apt-get install -y gcc libssl-dev): the TLS scenarios need wrk_tls_shim.so"
+    [ -e /usr/include/openssl/ssl.h ] || die "OpenSSL headers missing (apt-get install -y libssl-dev): the TLS scenarios need wrk_tls_shim.so"
+fi
 if ! command -v nginx >/dev/null; then
     say "nginx not found; installing nginx-light"
     if [ "$(id -u)" = 0 ]; then
@@ -119,7 +185,7 @@ ncpu=$(nproc)
     die "PROXY_CPU=$PROXY_CPU / LOAD_CPU=$LOAD_CPU but only $ncpu CPUs"
 [ "$PROXY_CPU" != "$LOAD_CPU" ] || say "warning: proxy and load generator share CPU $PROXY_CPU"
 
-for p in $NGINX_PORT $GH_PORT $GH_ADMIN $HAP_PORT; do
+for p in $NGINX_PORT $GH_PORT $GH_ADMIN $HAP_PORT $GH_HTTPS $HAP_HTTPS $NGINX_STATUS; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
         die "port $p is in use on 127.0.0.1 (set BASE_PORT)"
     fi
@@ -189,6 +255,11 @@ http {
             return 200 "$BODY\n";
         }
     }
+    # Counters only (accepted connections), never loaded.
+    server {
+        listen 127.0.0.1:$NGINX_STATUS;
+        location / { stub_status; }
+    }
 }
 EOF
 nginx -t -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/test.log" 2>&1 ||
@@ -199,6 +270,25 @@ NGINX_PID=$LAST
 wait_http "http://127.0.0.1:$NGINX_PORT/" 200 10 "$NGINX_PID" ||
     die "nginx did not come up: $(cat "$TMP/nginx/error.log" "$TMP/nginx/stdout.log" 2>/dev/null)"
 say "nginx on 127.0.0.1:$NGINX_PORT (cpu $LOAD_CPU)"
+
+# nginx's accepted-connections counter.
+nginx_accepts() { curl -s --max-time 2 "http://127.0.0.1:$NGINX_STATUS/" | awk 'NR == 3 { print $1 }'; }
+
+# ---------------------------------------------------------------- TLS material
+# One ECDSA P-256 certificate for both proxies (gatehouse: the edge route's
+# certificate and the default certificate; HAProxy: its only certificate).
+if [ "$TLS" = 1 ]; then
+    mkdir -p "$TMP/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=$TLS_HOST" -addext "subjectAltName=DNS:$TLS_HOST" \
+        -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" >"$TMP/tls/openssl.log" 2>&1 ||
+        die "openssl req failed: $(cat "$TMP/tls/openssl.log")"
+    cat "$TMP/tls/cert.pem" "$TMP/tls/key.pem" >"$TMP/tls/combined.pem"
+    CERT_FP=$(openssl x509 -in "$TMP/tls/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+    cc -O2 -shared -fPIC -o "$TMP/wrk_tls_shim.so" "$ROOT/benches/load/wrk_tls_shim.c" -lssl -ldl \
+        >"$TMP/tls/cc.log" 2>&1 || die "building wrk_tls_shim.so failed: $(cat "$TMP/tls/cc.log")"
+    say "ECDSA P-256 certificate for $TLS_HOST (sha256 $CERT_FP)"
+fi
 
 # ---------------------------------------------------------------- routes
 # Filler endpoints stay on loopback (127.0.1.x, nothing listens): a benchmark
@@ -254,12 +344,35 @@ spec:
   port: {targetPort: http}
 EOF
 done >"$MANIFESTS/filler.yaml"
+if [ "$TLS" = 1 ]; then
+    cat >"$MANIFESTS/hello-tls.yaml" <<EOF
+apiVersion: route.openshift.io/v1
+kind: Route
+metadata: {name: hello-tls, namespace: bench}
+spec:
+  host: $TLS_HOST
+  to: {kind: Service, name: hello}
+  port: {targetPort: http}
+  tls:
+    termination: edge
+    certificate: |
+$(sed 's/^/      /' "$TMP/tls/cert.pem")
+    key: |
+$(sed 's/^/      /' "$TMP/tls/key.pem")
+EOF
+    cat >"$TMP/gatehouse.yaml" <<EOF
+tls:
+  default_certificate: $TMP/tls/combined.pem
+  handshake_timeout: 10s
+EOF
+fi
 
 # ---------------------------------------------------------------- haproxy
 mkdir -p "$TMP/haproxy"
 {
     echo "$HOST be_hello"
     for i in $(seq 1 "$FILLER"); do echo "filler$i.bench.local be_filler$i"; done
+    [ "$TLS" = 0 ] || echo "$TLS_HOST be_hello"
 } >"$TMP/haproxy/hosts.map"
 {
     cat <<EOF
@@ -280,6 +393,20 @@ frontend fe_http
     # Host → backend through a map, as the OpenShift router does; an unknown
     # host finds no backend and gets 503, like gatehouse.
     use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
+EOF
+    if [ "$TLS" = 1 ]; then
+        # Edge termination, same backend. TLS 1.2 + 1.3 like gatehouse (wrk
+        # negotiates 1.3 with both); ALPN http/1.1 only, as gatehouse offers
+        # on its default certificate; session tickets and cache on (defaults),
+        # as gatehouse has them.
+        cat <<EOF
+
+frontend fe_https
+    bind 127.0.0.1:$HAP_HTTPS ssl crt $TMP/tls/combined.pem alpn http/1.1 ssl-min-ver TLSv1.2
+    use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
+EOF
+    fi
+    cat <<EOF
 
 backend be_hello
     http-reuse always
@@ -295,26 +422,30 @@ haproxy -c -q -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/check.log" 2>&1 ||
     die "haproxy rejects its config: $(cat "$TMP/haproxy/check.log")"
 
 # ---------------------------------------------------------------- proxies
-declare -A PORT PID
+declare -A PORT PID TLSPORT NEGOTIATED
 if want gatehouse; then
+    GH_TLS_ARGS=()
+    [ "$TLS" = 0 ] || GH_TLS_ARGS=(--config "$TMP/gatehouse.yaml" --https "127.0.0.1:$GH_HTTPS")
     start "$PROXY_CPU" "$TMP/gatehouse.log" env GATEHOUSE_WORKER_THREADS=1 \
         "$GATEHOUSE" run --manifests "$MANIFESTS" \
-        --http "127.0.0.1:$GH_PORT" --admin "127.0.0.1:$GH_ADMIN" --access-log off
+        --http "127.0.0.1:$GH_PORT" --admin "127.0.0.1:$GH_ADMIN" --access-log off "${GH_TLS_ARGS[@]}"
     PID[gatehouse]=$LAST
     PORT[gatehouse]=$GH_PORT
+    TLSPORT[gatehouse]=$GH_HTTPS
     wait_http "http://127.0.0.1:$GH_ADMIN/readyz" 200 30 "$LAST" ||
         die "gatehouse did not become ready on 127.0.0.1:$GH_ADMIN/readyz; its log:
 $(tail -n 40 "$TMP/gatehouse.log")"
-    say "gatehouse on 127.0.0.1:$GH_PORT (cpu $PROXY_CPU, 1 worker thread), admin :$GH_ADMIN"
+    say "gatehouse on 127.0.0.1:$GH_PORT$([ "$TLS" = 0 ] || echo ", https :$GH_HTTPS") (cpu $PROXY_CPU, 1 worker thread), admin :$GH_ADMIN"
 fi
 if want haproxy; then
     start "$PROXY_CPU" "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
     PID[haproxy]=$LAST
     PORT[haproxy]=$HAP_PORT
+    TLSPORT[haproxy]=$HAP_HTTPS
     wait_http "http://127.0.0.1:$HAP_PORT/" 503 10 "$LAST" ||
         die "haproxy did not come up; its log:
 $(tail -n 40 "$TMP/haproxy.log")"
-    say "haproxy $(haproxy -v | awk 'NR == 1 { print $3 }') on 127.0.0.1:$HAP_PORT (cpu $PROXY_CPU, nbthread 1)"
+    say "haproxy $(haproxy -v | awk 'NR == 1 { print $3 }') on 127.0.0.1:$HAP_PORT$([ "$TLS" = 0 ] || echo ", https :$HAP_HTTPS") (cpu $PROXY_CPU, nbthread 1)"
 fi
 [ ${#PID[@]} -gt 0 ] || die "PROXIES=\"$PROXIES\" names neither gatehouse nor haproxy"
 ORDER=()
@@ -334,15 +465,56 @@ for p in "${ORDER[@]}"; do
     say "$p: 200 '$BODY' for Host: $HOST"
 done
 
+# ---------------------------------------------------------------- verify TLS
+# What an OpenSSL client like wrk negotiates: wrk sends the URL's host as SNI
+# (here "127.0.0.1", which names no route) and offers no ALPN.
+if [ "$TLS" = 1 ]; then
+    for p in "${ORDER[@]}"; do
+        port=${TLSPORT[$p]}
+        url="https://127.0.0.1:$port/"
+        code=$(curl -sk --max-time 5 -H "Host: $TLS_HOST" -o "$TMP/body" -w '%{http_code}' "$url" || true)
+        body=$(cat "$TMP/body" 2>/dev/null || true)
+        [ "$code" = 200 ] && [ "$body" = "$BODY" ] ||
+            die "$p: GET $url with Host: $TLS_HOST gave status '$code', body '$body'; expected 200 '$BODY'"
+        # SNI = the route's host, verified against the bench certificate (the
+        # edge route's own certificate on gatehouse; not what wrk does).
+        sni=$(curl -s --max-time 5 --cacert "$TMP/tls/cert.pem" --resolve "$TLS_HOST:$port:127.0.0.1" \
+            -o /dev/null -w '%{http_code} HTTP/%{http_version}' "https://$TLS_HOST:$port/" || true)
+        [ "${sni%% *}" = 200 ] ||
+            die "$p: GET https://$TLS_HOST:$port/ (SNI $TLS_HOST, verified against the bench certificate) gave '$sni'"
+        info=$(openssl s_client -connect "127.0.0.1:$port" -servername 127.0.0.1 </dev/null 2>/dev/null || true)
+        fp=$(openssl x509 -noout -fingerprint -sha256 <<<"$info" 2>/dev/null | cut -d= -f2 || true)
+        [ "$fp" = "$CERT_FP" ] ||
+            die "$p serves certificate '$fp' to a wrk-like client (SNI 127.0.0.1), not the bench certificate $CERT_FP"
+        NEGOTIATED[$p]=$(awk -F': *' '/^ *Protocol *:/ { v = $2 } /^ *Cipher *:/ { c = $2 }
+            /^Server Temp Key:/ { k = $2 } /^Peer signature type:/ { s = $2 } /^ALPN protocol:/ { a = $2 }
+            END { printf "%s %s, key exchange %s, signature %s, ALPN %s", v, c, k, s, a == "" ? "none" : a }' <<<"$info")
+        say "$p TLS to a wrk-like client (SNI 127.0.0.1, no ALPN): ${NEGOTIATED[$p]}; with SNI $TLS_HOST curl gets ${sni#* }"
+    done
+fi
+
 # ---------------------------------------------------------------- load
-busy=$(pgrep -x -d, 'cargo|rustc' || true)
-[ -z "$busy" ] || say "warning: compilers are running (pids $busy); they steal CPU and skew the numbers"
+# Other builds on this 2-CPU machine steal CPU: wait for them before a round.
+compilers() { pgrep -f '[c]argo |[r]ustc' | paste -sd, - || true; }
+wait_idle() {
+    local busy waited=0
+    [ "$WAIT_IDLE" -gt 0 ] || return 0
+    while busy=$(compilers) && [ -n "$busy" ]; do
+        if [ "$waited" -ge "$WAIT_IDLE" ]; then
+            say "warning: cargo/rustc still running after ${WAIT_IDLE}s (pids $busy); measuring anyway, numbers are suspect"
+            return 0
+        fi
+        [ "$waited" -gt 0 ] || say "waiting for cargo/rustc to finish (pids $busy; up to ${WAIT_IDLE}s)"
+        sleep 10
+        waited=$((waited + 10))
+    done
+}
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=$ROOT/benches/load/out/$STAMP
 mkdir -p "$OUT"
 CSV=$OUT/rounds.csv
-echo "round,proxy,req_per_s,p99_us,proxy_cpu_pct,load_cpu_pct,requests,non_2xx,socket_errors" >"$CSV"
+echo "scenario,round,proxy,req_per_s,p99_us,proxy_cpu_pct,load_cpu_pct,requests,non_2xx,socket_errors,upstream_conns,tls_full,tls_resumed,compilers_running,proxy_cpu_us_per_req" >"$CSV"
 {
     echo "date: $(date -Is)"
     echo "host: $(uname -srm), $(nproc) cpus, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -351,8 +523,14 @@ echo "round,proxy,req_per_s,p99_us,proxy_cpu_pct,load_cpu_pct,requests,non_2xx,s
     echo "nginx: $(nginx -v 2>&1)"
     echo "wrk: -t1 -c$CONNECTIONS -d${DURATION}s, warmup ${WARMUP}s, rounds $ROUNDS, filler routes $FILLER"
     echo "cpus: proxy $PROXY_CPU, nginx + wrk $LOAD_CPU"
+    echo "scenarios: ${SCEN[*]}"
+    if [ "$TLS" = 1 ]; then
+        echo "tls: $(openssl version), certificate ECDSA P-256 CN=$TLS_HOST sha256 $CERT_FP"
+        for p in "${ORDER[@]}"; do echo "tls $p: ${NEGOTIATED[$p]}"; done
+    fi
 } >"$OUT/env.txt"
 cp "$TMP/haproxy/haproxy.cfg" "$TMP/nginx/nginx.conf" "$OUT/"
+[ "$TLS" = 0 ] || cp "$TMP/gatehouse.yaml" "$OUT/"
 
 # wrk's latency figures ("1.23ms", "845.00us", "1.02s") in microseconds.
 to_us() {
@@ -363,95 +541,191 @@ to_us() {
         printf "%.1f", n * m }'
 }
 
-# run_wrk PROXY SECONDS FILE → sets RES="req_per_s p99_us cpu_pct load_cpu_pct requests non2xx socket_errors"
+# run_wrk SCENARIO PROXY SECONDS FILE → sets RES="req_per_s p99_us cpu_pct
+# load_cpu_pct requests non2xx socket_errors upstream_conns tls_full tls_resumed busy
+# cpu_us_per_req"
 # (not printed: a `die` must run in this shell, not in a command substitution).
 run_wrk() {
-    local p=$1 secs=$2 file=$3 t0 t1 c0 c1 l0 l1
+    local s=$1 p=$2 secs=$3 file=$4 t0 t1 c0 c1 l0 l1 a0 a1 url
+    local args=(-t1 -c"$CONNECTIONS" -d"${secs}s") pre=()
+    case $s in
+    h1)
+        args+=(-H "Host: $HOST" --latency)
+        url="http://127.0.0.1:${PORT[$p]}/"
+        ;;
+    *)
+        args+=(-H "Host: $TLS_HOST")
+        [ "$s" = tls-keepalive ] || args+=(-H "Connection: close")
+        args+=(--latency)
+        url="https://127.0.0.1:${TLSPORT[$p]}/"
+        rm -f "$file.tls"
+        pre=(env LD_PRELOAD="$TMP/wrk_tls_shim.so" WRK_TLS_STATS="$file.tls"
+            WRK_NO_RESUME="$([ "$s" = tls-resume ] && echo 0 || echo 1)")
+        ;;
+    esac
+    a0=$(nginx_accepts)
     c0=$(cpu_ticks "${PID[$p]}")
     l0=$(cpu_busy "$LOAD_CPU")
     t0=$(date +%s%N)
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${secs}s" -H "Host: $HOST" --latency \
-        "http://127.0.0.1:${PORT[$p]}/" >"$file" 2>&1 || die "wrk failed against $p: $(cat "$file")"
+    taskset -c "$LOAD_CPU" "${pre[@]}" wrk "${args[@]}" "$url" >"$file" 2>&1 ||
+        die "wrk failed against $p ($s): $(cat "$file")"
     t1=$(date +%s%N)
     c1=$(cpu_ticks "${PID[$p]}")
     l1=$(cpu_busy "$LOAD_CPU")
-    kill -0 "${PID[$p]}" 2>/dev/null || die "$p died under load"
-    local rps p99 reqs non2xx sockerr cpu load
+    a1=$(nginx_accepts)
+    kill -0 "${PID[$p]}" 2>/dev/null || die "$p died under load ($s)"
+    local rps p99 reqs non2xx sockerr cpu load full=- resumed=- busy=0
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$file")
     p99=$(awk '$1 == "99%" { print $2 }' "$file")
     reqs=$(awk '/requests in/ { print $1 }' "$file")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$file")
     sockerr=$(awk -F'Socket errors: ' 'NF > 1 { gsub(/[a-z]+ /, "", $2); gsub(/,/, "", $2); split($2, a, " "); print a[1] + a[2] + a[3] + a[4] }' "$file")
-    [ -n "$rps" ] && [ -n "$p99" ] || die "cannot parse wrk output for $p: $(cat "$file")"
+    [ -n "$rps" ] && [ -n "$p99" ] || die "cannot parse wrk output for $p ($s): $(cat "$file")"
     cpu=$(awk -v c="$((c1 - c0))" -v hz="$HZ" -v ns="$((t1 - t0))" 'BEGIN { printf "%.1f", 100 * c / hz / (ns / 1e9) }')
     load=$(awk -v a="$l0" -v b="$l1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2] + 1e-9) }')
-    RES="$rps $(to_us "$p99") $cpu $load ${reqs:-0} ${non2xx:-0} ${sockerr:-0}"
+    if [ "$s" != h1 ]; then
+        [ -s "$file.tls" ] && read -r _ full _ resumed <"$file.tls" ||
+            say "warning: no handshake counts from wrk_tls_shim ($file.tls)"
+    fi
+    [ -z "$(compilers)" ] || busy=1
+    # Minus the stub_status request itself.
+    RES="$rps $(to_us "$p99") $cpu $load ${reqs:-0} ${non2xx:-0} ${sockerr:-0} $((a1 - a0 - 1)) $full $resumed $busy"
+    RES+=" $(awk -v c="$cpu" -v r="$rps" 'BEGIN { printf "%.2f", (r > 0 ? c * 1e4 / r : 0) }')"
 }
 
-LOADED=("${ORDER[@]}")
+scenario_title() {
+    case $1 in
+    h1) echo "plain HTTP/1.1 keep-alive, Host: $HOST" ;;
+    tls-keepalive) echo "HTTPS keep-alive (TLS edge, HTTP/1.1 to nginx), Host: $TLS_HOST" ;;
+    tls-handshake) echo "HTTPS, Connection: close: one FULL TLS handshake per request (client never resumes)" ;;
+    tls-resume) echo "HTTPS, Connection: close: one TLS handshake per request, session resumption allowed (wrk's default)" ;;
+    esac
+}
+
 if [ "$BASELINE" = 1 ]; then
     # Upstream alone, wrk and nginx on the load CPU: no proxy can serve more
     # than this here (its upstream and load generator share that core). Run
     # every round too, since this VM's speed drifts from minute to minute.
+    # Plain HTTP only: nginx has no TLS listener.
     PID[direct]=$(nginx_worker)
     PORT[direct]=$NGINX_PORT
-    LOADED+=(direct)
 fi
 
-for p in "${LOADED[@]}"; do
-    say "warm-up $p (${WARMUP}s)"
-    run_wrk "$p" "$WARMUP" "$OUT/warmup-$p.txt"
-done
-
-say "measuring: ${LOADED[*]} × $ROUNDS rounds × ${DURATION}s, wrk -t1 -c$CONNECTIONS"
-for r in $(seq 1 "$ROUNDS"); do
+for s in "${SCEN[@]}"; do
+    LOADED=("${ORDER[@]}")
+    [ "$BASELINE" = 1 ] && [ "$s" = h1 ] && LOADED+=(direct)
+    say "scenario $s: $(scenario_title "$s")"
+    wait_idle
     for p in "${LOADED[@]}"; do
-        run_wrk "$p" "$DURATION" "$OUT/round$r-$p.txt"
-        read -r rps p99 cpu load reqs non2xx sockerr <<<"$RES"
-        echo "$r,$p,$rps,$p99,$cpu,$load,$reqs,$non2xx,$sockerr" >>"$CSV"
-        printf '   round %d %-9s %10s req/s   p99 %9s us   %s cpu %5s%%   load cpu %5s%%%s\n' \
-            "$r" "$p" "$rps" "$p99" "$([ "$p" = direct ] && echo nginx || echo proxy)" "$cpu" "$load" \
-            "$([ "$non2xx$sockerr" = 00 ] || echo "   non-2xx $non2xx, socket errors $sockerr")" >&2
+        say "warm-up $p (${WARMUP}s)"
+        run_wrk "$s" "$p" "$WARMUP" "$OUT/$s-warmup-$p.txt"
+    done
+
+    say "measuring $s: ${LOADED[*]} × $ROUNDS rounds × ${DURATION}s, wrk -t1 -c$CONNECTIONS"
+    for r in $(seq 1 "$ROUNDS"); do
+        # A round during which cargo/rustc appeared is run again (up to
+        # RETRIES times) once they are gone; the discarded wrk outputs stay
+        # in out/ as *-discarded*.
+        for try in $(seq 0 "$RETRIES"); do
+            wait_idle
+            rows=() tainted=0
+            for p in "${LOADED[@]}"; do
+                run_wrk "$s" "$p" "$DURATION" "$OUT/$s-round$r-$p.txt"
+                read -r rps p99 cpu load reqs non2xx sockerr conns full resumed busy cpureq <<<"$RES"
+                rows+=("$s,$r,$p,$rps,$p99,$cpu,$load,$reqs,$non2xx,$sockerr,$conns,$full,$resumed,$busy,$cpureq")
+                [ "$busy" = 0 ] || tainted=1
+                printf '   %s round %d %-9s %10s req/s   p99 %9s us   %s cpu %5s%% (%s us/req)   load cpu %5s%%%s%s%s\n' \
+                    "$s" "$r" "$p" "$rps" "$p99" "$([ "$p" = direct ] && echo nginx || echo proxy)" "$cpu" "$cpureq" "$load" \
+                    "$([ "$s" = h1 ] || echo "   handshakes $full full, $resumed resumed")" \
+                    "$([ "$non2xx$sockerr" = 00 ] || echo "   non-2xx $non2xx, socket errors $sockerr")" \
+                    "$([ "$busy" = 0 ] || echo "   COMPILER RUNNING")" >&2
+            done
+            if [ "$tainted" = 1 ] && [ "$try" -lt "$RETRIES" ] && [ "$WAIT_IDLE" -gt 0 ]; then
+                say "round $r of $s overlapped a compile: discarded, running it again"
+                for p in "${LOADED[@]}"; do
+                    mv "$OUT/$s-round$r-$p.txt" "$OUT/$s-round$r-$p-discarded$try.txt"
+                    [ ! -e "$OUT/$s-round$r-$p.txt.tls" ] ||
+                        mv "$OUT/$s-round$r-$p.txt.tls" "$OUT/$s-round$r-$p-discarded$try.txt.tls"
+                done
+                continue
+            fi
+            printf '%s\n' "${rows[@]}" >>"$CSV"
+            break
+        done
     done
 done
 
 # ---------------------------------------------------------------- report
-median() { # column name, proxy
-    awk -F, -v col="$1" -v p="$2" '
+median() { # column name, scenario, proxy
+    awk -F, -v col="$1" -v s="$2" -v p="$3" '
         NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
-        $2 == p { print $c }' "$CSV" | sort -g |
+        $1 == s && $3 == p { print $c }' "$CSV" | sort -g |
         awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+total() { # column name, scenario, proxy
+    awk -F, -v col="$1" -v s="$2" -v p="$3" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        $1 == s && $3 == p { t += $c } END { print t + 0 }' "$CSV"
+}
+med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 {
-    echo
-    printf '%-10s %14s %14s %12s %12s %8s\n' proxy "median req/s" "median p99 us" "proxy cpu %" "load cpu %" errors
-    for p in "${ORDER[@]}"; do
-        errs=$(awk -F, -v p="$p" '$2 == p { e += $8 + $9 } END { print e + 0 }' "$CSV")
-        printf '%-10s %14s %14s %12s %12s %8s\n' "$p" "$(median req_per_s "$p")" "$(median p99_us "$p")" \
-            "$(median proxy_cpu_pct "$p")" "$(median load_cpu_pct "$p")" "$errs"
-    done
-    if [ "$BASELINE" = 1 ]; then
-        ceiling=$(median req_per_s direct)
-        printf '%-10s %14s %14s %12s %12s %8s   (no proxy: the load-side ceiling)\n' \
-            direct "$ceiling" "$(median p99_us direct)" "-" "$(median load_cpu_pct direct)" \
-            "$(awk -F, '$2 == "direct" { e += $8 + $9 } END { print e + 0 }' "$CSV")"
+    for s in "${SCEN[@]}"; do
+        echo
+        echo "[$s] $(scenario_title "$s")"
+        printf '%-10s %14s %14s %12s %11s %12s %8s %10s' proxy "median req/s" "median p99 us" "proxy cpu %" "cpu us/req" "load cpu %" errors "upstr conn"
+        [ "$s" = h1 ] && echo || printf ' %18s\n' "handshakes f/r"
         for p in "${ORDER[@]}"; do
-            awk -v r="$(median req_per_s "$p")" -v c="$ceiling" -v p="$p" 'BEGIN {
-                if (r > 0.9 * c) printf "warning: %s is within 10%% of the load-side ceiling; its req/s is capped by the load cpu, not by itself\n", p }'
+            errs=$(awk -F, -v s="$s" -v p="$p" '$1 == s && $3 == p { e += $9 + $10 } END { print e + 0 }' "$CSV")
+            printf '%-10s %14s %14s %12s %11s %12s %8s %10s' "$p" "$(median req_per_s "$s" "$p")" "$(median p99_us "$s" "$p")" \
+                "$(median proxy_cpu_pct "$s" "$p")" "$(median proxy_cpu_us_per_req "$s" "$p")" "$(median load_cpu_pct "$s" "$p")" \
+                "$errs" "$(total upstream_conns "$s" "$p")"
+            [ "$s" = h1 ] && echo || printf ' %18s\n' "$(total tls_full "$s" "$p")/$(total tls_resumed "$s" "$p")"
         done
-    fi
-    if want gatehouse && want haproxy; then
-        # Ratio of medians, and the median of the per-round ratios (each round
-        # loads both back to back, so it cancels most of the drift).
-        per_round=$(awk -F, 'NR > 1 { v[$1, $2] = $3; l[$1, $2] = $4; if ($1 > n) n = $1 }
-            END { for (r = 1; r <= n; r++) if (((r, "gatehouse") in v) && ((r, "haproxy") in v) && v[r, "haproxy"] > 0 && l[r, "haproxy"] > 0)
-                printf "%.4f %.4f\n", v[r, "gatehouse"] / v[r, "haproxy"], l[r, "gatehouse"] / l[r, "haproxy"] }' "$CSV")
-        med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-        awk -v g="$(median req_per_s gatehouse)" -v h="$(median req_per_s haproxy)" \
-            -v gl="$(median p99_us gatehouse)" -v hl="$(median p99_us haproxy)" \
-            -v rt="$(awk '{ print $1 }' <<<"$per_round" | med)" -v rl="$(awk '{ print $2 }' <<<"$per_round" | med)" 'BEGIN {
-            printf "\ngatehouse/haproxy        throughput %.3f  (target >= 1.2)   p99 %.3f  (lower is better)\n", g / h, gl / hl
-            printf "  median of per-round    throughput %.3f                    p99 %.3f\n", rt, rl }'
+        if [ "$BASELINE" = 1 ] && [ "$s" = h1 ]; then
+            ceiling=$(median req_per_s "$s" direct)
+            printf '%-10s %14s %14s %12s %11s %12s %8s %10s   (no proxy: the load-side ceiling)\n' \
+                direct "$ceiling" "$(median p99_us "$s" direct)" "-" "-" "$(median load_cpu_pct "$s" direct)" \
+                "$(awk -F, -v s="$s" '$1 == s && $3 == "direct" { e += $9 + $10 } END { print e + 0 }' "$CSV")" \
+                "$(total upstream_conns "$s" direct)"
+            for p in "${ORDER[@]}"; do
+                awk -v r="$(median req_per_s "$s" "$p")" -v c="$ceiling" -v p="$p" 'BEGIN {
+                    if (r > 0.9 * c) printf "warning: %s is within 10%% of the load-side ceiling; its req/s is capped by the load cpu, not by itself\n", p }'
+            done
+        fi
+        if [ "$s" != h1 ]; then
+            for p in "${ORDER[@]}"; do
+                awk -v l="$(median load_cpu_pct "$s" "$p")" -v x="$(median proxy_cpu_pct "$s" "$p")" -v p="$p" 'BEGIN {
+                    if (l > 90 && x < 90) printf "warning: %s: load cpu %.0f%% (wrk TLS + nginx) vs proxy cpu %.0f%%: the load side is the limit, not %s; compare cpu us/req\n", p, l, x, p }'
+                resumed=$(total tls_resumed "$s" "$p")
+                full=$(total tls_full "$s" "$p")
+                case $s in
+                tls-handshake) [ "$resumed" = 0 ] ||
+                    echo "warning: $p resumed $resumed of $((full + resumed)) handshakes although the client dropped its sessions" ;;
+                tls-resume) [ "$full" -le $((2 * CONNECTIONS * ROUNDS)) ] ||
+                    echo "note: $p: $full of $((full + resumed)) handshakes were full, $resumed resumed (the proxies do not resume equally)" ;;
+                esac
+            done
+        fi
+        busy=$(awk -F, -v s="$s" '$1 == s && $14 == 1 { n++ } END { print n + 0 }' "$CSV")
+        [ "$busy" = 0 ] || echo "warning: cargo/rustc ran during $busy of the runs (compilers_running in the CSV); those numbers are suspect"
+        if want gatehouse && want haproxy; then
+            # Ratio of medians, and the median of the per-round ratios (each round
+            # loads both back to back, so it cancels most of the drift).
+            per_round=$(awk -F, -v s="$s" 'NR > 1 && $1 == s { v[$2, $3] = $4; l[$2, $3] = $5; if ($2 > n) n = $2 }
+                END { for (r = 1; r <= n; r++) if (((r, "gatehouse") in v) && ((r, "haproxy") in v) && v[r, "haproxy"] > 0 && l[r, "haproxy"] > 0)
+                    printf "%.4f %.4f\n", v[r, "gatehouse"] / v[r, "haproxy"], l[r, "gatehouse"] / l[r, "haproxy"] }' "$CSV")
+            awk -v g="$(median req_per_s "$s" gatehouse)" -v h="$(median req_per_s "$s" haproxy)" \
+                -v gl="$(median p99_us "$s" gatehouse)" -v hl="$(median p99_us "$s" haproxy)" \
+                -v gc="$(median proxy_cpu_us_per_req "$s" gatehouse)" -v hc="$(median proxy_cpu_us_per_req "$s" haproxy)" \
+                -v rt="$(awk '{ print $1 }' <<<"$per_round" | med)" -v rl="$(awk '{ print $2 }' <<<"$per_round" | med)" \
+                -v target="$([ "$s" = h1 ] && echo "  (target >= 1.2)" || echo "                ")" 'BEGIN {
+                printf "gatehouse/haproxy        throughput %.3f%s   p99 %.3f  cpu/req %.3f  (lower is better)\n", g / h, target, gl / hl, gc / hc
+                printf "  median of per-round    throughput %.3f                    p99 %.3f\n", rt, rl }'
+        fi
+    done
+    if [ "$TLS" = 1 ]; then
+        echo
+        for p in "${ORDER[@]}"; do echo "TLS $p (wrk-like client): ${NEGOTIATED[$p]}"; done
     fi
     echo
     echo "raw numbers: ${OUT#"$ROOT"/}/rounds.csv"
