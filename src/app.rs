@@ -143,6 +143,11 @@ pub async fn start_with_source(
             shutdown_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(crate::balance::checks::run(
+        store.clone(),
+        cfg.timeouts.connect,
+        shutdown_rx.clone(),
+    )));
     if let Some(l) = admin {
         let state = AdminState {
             store: store.clone(),

@@ -81,10 +81,51 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
+        "/api/backends" => reply(StatusCode::OK, "application/json", backends(state)),
         "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(state)),
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// Every admitted route's endpoints with weight, load and health.
+fn backends(state: &AdminState) -> String {
+    let t = state.store.load_full();
+    let mut routes: Vec<_> = t.routes().collect();
+    routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let list: Vec<serde_json::Value> = routes
+        .iter()
+        .map(|r| {
+            let set = &r.backends;
+            let endpoints: Vec<serde_json::Value> = set
+                .members
+                .iter()
+                .map(|m| {
+                    let g = &set.groups[m.group as usize];
+                    serde_json::json!({
+                        "address": g.endpoints[m.index as usize].to_string(),
+                        "service": format!("{}/{}", g.service.0, g.service.1),
+                        "weight": m.weight,
+                        "active": m.live.active(),
+                        "available": m.live.is_available(),
+                        "ejected": m.live.is_ejected() && !m.live.is_down(),
+                        "down": m.live.is_down(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "namespace": &*r.namespace,
+                "name": &*r.name,
+                "host": &*r.host,
+                "path": &*r.path,
+                "algorithm": set.algorithm,
+                "cookie": r.settings.cookie.as_ref().map(|c| &*c.name),
+                "timeout_ms": r.settings.timeout.as_millis() as u64,
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    serde_json::json!({ "generation": t.generation, "backends": list }).to_string()
 }
 
 fn metrics(state: &AdminState) -> String {

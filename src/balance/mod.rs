@@ -6,6 +6,8 @@
 //! Owns the choice; must not do I/O. Live counters come from the table's
 //! `EndpointLive`.
 
+pub mod checks;
+
 use crate::table::{Algorithm, BackendGroup, BackendSet, Endpoint, Member};
 use std::cell::Cell;
 use std::net::IpAddr;

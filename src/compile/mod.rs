@@ -87,6 +87,9 @@ const ANN_ALLOWLIST: &str = "haproxy.router.openshift.io/ip_allowlist";
 const ANN_WHITELIST: &str = "haproxy.router.openshift.io/ip_whitelist";
 const ANN_RATE_LIMIT: &str = "haproxy.router.openshift.io/rate-limit-connections";
 const ANN_POD_CONN: &str = "haproxy.router.openshift.io/pod-concurrent-connections";
+const ANN_CHECK_INTERVAL: &str = "router.openshift.io/haproxy.health.check.interval";
+/// OpenShift's default check interval.
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(5000);
 const ANN_HSTS: &str = "haproxy.router.openshift.io/hsts_header";
 const ANN_FORWARDED: &str = "haproxy.router.openshift.io/set-forwarded-headers";
 
@@ -526,6 +529,13 @@ fn settings(
         })
         .filter(|l| l.concurrent.is_some() || l.rate_tcp.is_some() || l.rate_http.is_some());
     let pod_max_conn = count(ANN_POD_CONN);
+    let check_interval = match ann.get(ANN_CHECK_INTERVAL) {
+        None => DEFAULT_CHECK_INTERVAL,
+        Some(v) => duration::parse(v).unwrap_or_else(|| {
+            note(ANN_CHECK_INTERVAL, v, "not a duration like 5s or 500ms");
+            DEFAULT_CHECK_INTERVAL
+        }),
+    };
     RouteSettings {
         timeout,
         tunnel_timeout,
@@ -537,6 +547,7 @@ fn settings(
         allowlist,
         rate_limits,
         pod_max_conn,
+        check_interval,
     }
 }
 

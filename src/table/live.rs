@@ -5,7 +5,7 @@
 
 use super::Endpoint;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,18 @@ pub struct EndpointLive {
     failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Active checks: marked down after `FALL` failed checks in a row, up
+    /// again after `RISE` good ones (HAProxy's defaults).
+    down: AtomicBool,
+    check_fails: AtomicU32,
+    check_oks: AtomicU32,
+    last_check_ms: AtomicU64,
 }
+
+/// Failed checks in a row that mark an endpoint down (HAProxy `fall`).
+pub const FALL: u32 = 3;
+/// Good checks in a row that bring it back (HAProxy `rise`).
+pub const RISE: u32 = 2;
 
 impl EndpointLive {
     /// Requests in flight to this endpoint.
@@ -52,9 +63,49 @@ impl EndpointLive {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Not ejected right now (an expired ejection means: try it again).
+    /// Not ejected right now (an expired ejection means: try it again) and
+    /// not marked down by active checks.
     pub fn is_available(&self) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+        !self.down.load(Ordering::Relaxed)
+            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Marked down by active health checks.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether a check is due given `interval`; claims it if so.
+    pub fn check_due(&self, interval: Duration) -> bool {
+        let now = now_ms();
+        let last = self.last_check_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < interval.as_millis() as u64 {
+            return false;
+        }
+        self.last_check_ms
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Record an active check's result; returns `Some(up)` when the state
+    /// changed.
+    pub fn record_check(&self, ok: bool) -> Option<bool> {
+        if ok {
+            self.check_fails.store(0, Ordering::Relaxed);
+            let n = self.check_oks.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.down.load(Ordering::Relaxed) && n >= RISE {
+                self.down.store(false, Ordering::Relaxed);
+                return Some(true);
+            }
+        } else {
+            self.check_oks.store(0, Ordering::Relaxed);
+            let n = self.check_fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.down.load(Ordering::Relaxed) && n >= FALL {
+                self.down.store(true, Ordering::Relaxed);
+                return Some(false);
+            }
+        }
+        None
     }
 
     /// Currently ejected.

@@ -124,6 +124,9 @@ pub struct RouteSettings {
     /// `haproxy.router.openshift.io/pod-concurrent-connections`: requests in
     /// flight per endpoint; more wait briefly, then 503.
     pub pod_max_conn: Option<u32>,
+    /// `router.openshift.io/haproxy.health.check.interval`: TCP checks of
+    /// each endpoint, only when the route has more than one.
+    pub check_interval: Duration,
 }
 
 /// Per-client limits of a route (OpenShift's rate-limit-connections).

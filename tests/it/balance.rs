@@ -483,3 +483,68 @@ async fn rate_limits_and_pod_concurrent_connections() {
     assert_eq!(statuses, vec![200, 200, 503]);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_mark_endpoints_down_and_up() {
+    let a = Upstream::start("a").await;
+    let dead = dead_port().await;
+    let text = format!(
+        "{}{}",
+        service("default", "web", &[a.port(), dead]),
+        route(
+            "default",
+            "c",
+            "2024-01-01T00:00:00Z",
+            "c.example.com",
+            "",
+            "web",
+            &[("router.openshift.io/haproxy.health.check.interval", "100ms")],
+            ""
+        )
+    );
+    let r = TestRouter::start(&[("c.yaml", &text)]).await;
+    let state = |r: &TestRouter| {
+        let admin = r.admin;
+        async move {
+            let v: serde_json::Value =
+                serde_json::from_str(&get(admin, "admin", "/api/backends", &[]).await.body)
+                    .unwrap();
+            let eps = v["backends"][0]["endpoints"].as_array().unwrap().clone();
+            eps.into_iter()
+                .find(|e| {
+                    e["address"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with(&format!(":{dead}"))
+                })
+                .unwrap()
+        }
+    };
+    let wait_for = |want_down: bool| {
+        let r = &r;
+        async move {
+            let start = Instant::now();
+            loop {
+                let e = state(r).await;
+                if e["down"] == want_down {
+                    return start.elapsed();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(3),
+                    "endpoint never became down={want_down}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let took = wait_for(true).await;
+    assert!(took < Duration::from_secs(1), "marked down after {took:?}");
+    for _ in 0..10 {
+        assert_eq!(r.get("c.example.com", "/").await.echoed("name"), Some("a"));
+    }
+    let _l = tokio::net::TcpListener::bind(("127.0.0.1", dead))
+        .await
+        .unwrap();
+    wait_for(false).await;
+    r.stop().await;
+}

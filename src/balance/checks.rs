@@ -1,0 +1,80 @@
+//! Active health checks: a TCP connect to every endpoint of routes with
+//! more than one endpoint, at the route's check interval (OpenShift's
+//! `router.openshift.io/haproxy.health.check.interval`, default 5 s).
+//! Results mark endpoints down/up in their live state, which survives
+//! table swaps.
+
+use crate::table::{Endpoint, EndpointLive, TableStore};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How often the checker looks for due checks.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Run until `shutdown`.
+pub async fn run(
+    store: Arc<TableStore>,
+    connect_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = crate::app_signal::stopped(&mut shutdown) => return,
+        }
+        // Endpoint → shortest interval asked by any route using it.
+        let mut due: HashMap<Endpoint, (Duration, Arc<EndpointLive>)> = HashMap::new();
+        {
+            let table = store.load();
+            for route in table.routes() {
+                let set = &route.backends;
+                // As OpenShift: no checks for a lone endpoint (nothing to
+                // fail over to).
+                if set.members.len() < 2 {
+                    continue;
+                }
+                for m in set.members.iter() {
+                    let g = &set.groups[m.group as usize];
+                    let ep = &g.endpoints[m.index as usize];
+                    let e = due
+                        .entry(ep.clone())
+                        .or_insert_with(|| (route.settings.check_interval, m.live.clone()));
+                    e.0 = e.0.min(route.settings.check_interval);
+                }
+            }
+        }
+        for (ep, (interval, live)) in due {
+            if !live.check_due(interval) {
+                continue;
+            }
+            let timeout = connect_timeout.min(interval);
+            tokio::spawn(async move {
+                let ok = check(&ep, timeout).await;
+                match live.record_check(ok) {
+                    Some(false) => {
+                        warn!(endpoint = %ep, "health check failed; endpoint marked down")
+                    }
+                    Some(true) => info!(endpoint = %ep, "health check passed; endpoint back up"),
+                    None => {}
+                }
+            });
+        }
+    }
+}
+
+async fn check(ep: &Endpoint, timeout: Duration) -> bool {
+    let connect = async {
+        match ep {
+            Endpoint::Socket(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            Endpoint::Dns { host, port } => tokio::net::TcpStream::connect((&**host, *port))
+                .await
+                .is_ok(),
+        }
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .unwrap_or(false)
+}
