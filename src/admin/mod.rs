@@ -75,9 +75,29 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/api/routes" => {
             let t = state.store.load_full();
+            // Each admitted route also shows the settings in effect (after
+            // defaults and ignored annotation values).
+            let effective: std::collections::HashMap<(&str, &str), serde_json::Value> = t
+                .routes()
+                .map(|r| ((&*r.namespace, &*r.name), effective(r)))
+                .collect();
+            let routes: Vec<serde_json::Value> = t
+                .statuses
+                .iter()
+                .map(|s| {
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    if let (Some(e), Some(o)) = (
+                        effective.get(&(s.namespace.as_str(), s.name.as_str())),
+                        v.as_object_mut(),
+                    ) {
+                        o.insert("effective".into(), e.clone());
+                    }
+                    v
+                })
+                .collect();
             let body = serde_json::json!({
                 "generation": t.generation,
-                "routes": &*t.statuses,
+                "routes": routes,
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
@@ -86,6 +106,26 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// A route's settings after defaults and validation.
+fn effective(r: &crate::table::RouteEntry) -> serde_json::Value {
+    let s = &r.settings;
+    serde_json::json!({
+        "balance": r.backends.algorithm,
+        "timeout_ms": s.timeout.as_millis() as u64,
+        "tunnel_timeout_ms": s.tunnel_timeout.as_millis() as u64,
+        "forwarded_headers": format!("{:?}", s.forwarded).to_lowercase(),
+        "cookie": s.cookie.as_ref().map(|c| &*c.name),
+        "hsts": s.hsts.as_ref().and_then(|h| h.to_str().ok()),
+        "rewrite_target": s.rewrite_target.as_deref(),
+        "ip_allowlist": s.allowlist.as_ref().map(|l| l.len()),
+        "rate_limits": s.rate_limits.map(|l| serde_json::json!({
+            "concurrent_tcp": l.concurrent, "rate_tcp": l.rate_tcp, "rate_http": l.rate_http
+        })),
+        "pod_concurrent_connections": s.pod_max_conn,
+        "health_check_interval_ms": s.check_interval.as_millis() as u64,
+    })
 }
 
 /// Every admitted route's endpoints with weight, load and health.

@@ -86,6 +86,11 @@ async fn accept(
     if let Some(sni) = hello.sni.as_deref() {
         let route = proxy.store.load().lookup(sni, "").cloned();
         if let Some(route) = route.filter(|r| r.termination == Some(Termination::Passthrough)) {
+            if let Some(allow) = &route.settings.allowlist {
+                if !allow.iter().any(|n| n.contains(peer.ip())) {
+                    return Err("client address not in the route's ip_allowlist");
+                }
+            }
             let Some(pick) = crate::balance::pick_hashed(&route.backends, peer.ip()) else {
                 return Err("passthrough route has no ready endpoint");
             };

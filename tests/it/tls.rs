@@ -786,6 +786,14 @@ async fn hsts_and_plain_routes_on_443() {
         reply.headers["strict-transport-security"],
         "max-age=31536000;includeSubDomains"
     );
+    // Edge without Allow: the sticky cookie is Secure, SameSite=None.
+    let cookie = reply.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("Secure")
+            && cookie.contains("SameSite=None"),
+        "{cookie}"
+    );
     // A plain-HTTP route is not served over TLS.
     let mut cfg = client_config(rustls::RootCertStore::empty(), &[]);
     cfg.dangerous().set_certificate_verifier(Arc::new(AnyCert));
