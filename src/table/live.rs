@@ -66,8 +66,12 @@ impl EndpointLive {
     /// Not ejected right now (an expired ejection means: try it again) and
     /// not marked down by active checks.
     pub fn is_available(&self) -> bool {
-        !self.down.load(Ordering::Relaxed)
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+        if self.down.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Never ejected (or reinstated): no clock read on the hot path.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= now_ms()
     }
 
     /// Marked down by active health checks.
@@ -126,6 +130,7 @@ impl EndpointLive {
         }
         if self.ejections.load(Ordering::Relaxed) != 0 && self.is_available() {
             self.ejections.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
         }
     }
 
