@@ -372,7 +372,10 @@ async fn forward(
                     up = again();
                     continue;
                 }
-                Err(_) => break (Ok(Err(e)), chosen, endpoint, guard),
+                // It closed because it died: count it, and try another.
+                Err(_) => {
+                    member.live.record_failure(&proxy.health);
+                }
             }
         }
         tried.push(chosen);

@@ -548,3 +548,58 @@ async fn active_checks_mark_endpoints_down_and_up() {
     wait_for(false).await;
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_killed_mid_load_costs_no_get() {
+    let a = Upstream::start("a").await;
+    let (b, kill) = Upstream::start_killable("b").await;
+    let text = format!(
+        "{}{}",
+        service("default", "web", &[a.port(), b.port()]),
+        route(
+            "default",
+            "k",
+            "2024-01-01T00:00:00Z",
+            "k.example.com",
+            "",
+            "web",
+            &[
+                ("haproxy.router.openshift.io/balance", "roundrobin"),
+                ("haproxy.router.openshift.io/disable_cookies", "true"),
+            ],
+            ""
+        )
+    );
+    let r = TestRouter::start(&[("k.yaml", &text)]).await;
+    let http = r.http;
+    let load = tokio::spawn(async move {
+        let c = client();
+        let mut names = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            let req = http::Request::get(format!("http://{http}/"))
+                .header("host", "k.example.com")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let reply = send(&c, req).await;
+            assert_eq!(reply.status, StatusCode::OK, "a GET failed: {}", reply.body);
+            names.push((start.elapsed(), reply.echoed("name").unwrap().to_owned()));
+        }
+        names
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    kill.store(true, std::sync::atomic::Ordering::SeqCst);
+    let killed_at = Duration::from_millis(400);
+    let names = load.await.expect("no GET failed");
+    assert!(
+        names.iter().any(|(_, n)| n == "b"),
+        "b served before it died"
+    );
+    // A second after the kill, b is out of rotation.
+    let late_b = names
+        .iter()
+        .filter(|(t, n)| *t > killed_at + Duration::from_secs(1) && n == "b")
+        .count();
+    assert_eq!(late_b, 0);
+    r.stop().await;
+}

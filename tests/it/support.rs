@@ -91,6 +91,44 @@ impl Upstream {
         Upstream { addr, name }
     }
 
+    /// The echo server with a kill switch: once killed, it refuses new
+    /// connections and closes kept-alive ones on their next request, as a
+    /// crashed pod does.
+    pub async fn start_killable(
+        name: &'static str,
+    ) -> (Upstream, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dead = std::sync::Arc::new(AtomicBool::new(false));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let flag = dead.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    r = l.accept() => r,
+                    _ = async { while !flag.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(5)).await } } => return,
+                };
+                let Ok((s, _)) = accepted else { return };
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let flag = flag.clone();
+                        async move {
+                            if flag.load(Ordering::SeqCst) {
+                                return Err(std::io::Error::other("killed"));
+                            }
+                            handle(name, req).await.map_err(|e| match e {})
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        (Upstream { addr, name }, dead)
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
