@@ -265,8 +265,10 @@ impl RouterConfig {
                 None => {
                     let mut k = [0u8; 32];
                     // Random when not configured: replicas will not agree.
-                    let _ =
-                        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k);
+                    let _ = aws_lc_rs::rand::SecureRandom::fill(
+                        &aws_lc_rs::rand::SystemRandom::new(),
+                        &mut k,
+                    );
                     std::sync::Arc::from(&k[..])
                 }
             },

@@ -446,8 +446,8 @@ fn settings(
                     Some(d) => d.clone(),
                     // Stable across replicas: derived from the route's identity.
                     None => {
-                        let d = ring::digest::digest(
-                            &ring::digest::SHA256,
+                        let d = aws_lc_rs::digest::digest(
+                            &aws_lc_rs::digest::SHA256,
                             format!("{}/{}", a.route.metadata.ns(), a.route.metadata.name)
                                 .as_bytes(),
                         );

@@ -251,7 +251,7 @@ impl BackendSet {
             })
             .collect();
         let max = per.iter().cloned().fold(0.0, f64::max);
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, cookie_key);
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, cookie_key);
         let mut members = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             let w = if max > 0.0 && g.weight > 0 {
@@ -260,7 +260,7 @@ impl BackendSet {
                 0
             };
             for (ei, ep) in g.endpoints.iter().enumerate() {
-                let tag = ring::hmac::sign(&key, ep.to_string().as_bytes());
+                let tag = aws_lc_rs::hmac::sign(&key, ep.to_string().as_bytes());
                 let cookie: String = tag.as_ref()[..8]
                     .iter()
                     .map(|b| format!("{b:02x}"))

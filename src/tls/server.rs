@@ -84,7 +84,7 @@ impl ServerTls {
             };
             let mut cfg = b.with_cert_resolver(resolver.clone());
             cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-            cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+            cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?;
             Ok(Arc::new(cfg))
         };
         Ok(ServerTls {

@@ -4,7 +4,7 @@ use super::*;
 fn real_hello(sni: Option<&str>, alpn: &[&[u8]]) -> Vec<u8> {
     use std::sync::Arc;
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
