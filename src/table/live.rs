@@ -37,7 +37,7 @@ fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// One endpoint's counters.
+/// One endpoint's counters and identity.
 #[derive(Debug, Default)]
 pub struct EndpointLive {
     active: AtomicU32,
@@ -50,6 +50,11 @@ pub struct EndpointLive {
     check_fails: AtomicU32,
     check_oks: AtomicU32,
     last_check_ms: AtomicU64,
+    /// The sticky-cookie value naming this endpoint: HMAC-SHA256 of its
+    /// address under the router's key, computed once.
+    pub cookie: Arc<str>,
+    /// Stable identity hash for consistent hashing (same HMAC).
+    pub id: u64,
 }
 
 /// Failed checks in a row that mark an endpoint down (HAProxy `fall`).
@@ -172,13 +177,26 @@ pub struct LiveRegistry {
 }
 
 impl LiveRegistry {
-    /// The state for `ep`, created on first sight.
-    pub fn get(&self, ep: &Endpoint) -> Arc<EndpointLive> {
+    /// The state for `ep`, created on first sight; `key` signs its cookie
+    /// value (the router's cookie key, constant for the process).
+    pub fn get(&self, ep: &Endpoint, key: &[u8]) -> Arc<EndpointLive> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(live) = m.get(ep).and_then(Weak::upgrade) {
             return live;
         }
-        let live = Arc::new(EndpointLive::default());
+        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+        let tag = aws_lc_rs::hmac::sign(&k, ep.to_string().as_bytes());
+        let cookie: String = tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut idb = [0u8; 8];
+        idb.copy_from_slice(&tag.as_ref()[8..16]);
+        let live = Arc::new(EndpointLive {
+            cookie: Arc::from(cookie),
+            id: u64::from_le_bytes(idb),
+            ..EndpointLive::default()
+        });
         m.insert(ep.clone(), Arc::downgrade(&live));
         live
     }
@@ -220,8 +238,8 @@ mod tests {
     fn registry_shares_state_and_forgets_unused() {
         let r = LiveRegistry::default();
         let ep = Endpoint::Socket(([127, 0, 0, 1], 1).into());
-        let a = r.get(&ep);
-        let b = r.get(&ep);
+        let a = r.get(&ep, b"k");
+        let b = r.get(&ep, b"k");
         assert!(Arc::ptr_eq(&a, &b));
         drop((a, b));
         r.prune();

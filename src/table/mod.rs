@@ -213,7 +213,7 @@ pub struct Member {
     pub live: Arc<EndpointLive>,
     /// The sticky-cookie value naming this endpoint (a keyed hash: it does
     /// not reveal the address).
-    pub cookie: Box<str>,
+    pub cookie: Arc<str>,
     /// Stable identity hash for consistent hashing.
     pub id: u64,
 }
@@ -251,7 +251,6 @@ impl BackendSet {
             })
             .collect();
         let max = per.iter().cloned().fold(0.0, f64::max);
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, cookie_key);
         let mut members = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             let w = if max > 0.0 && g.weight > 0 {
@@ -260,20 +259,14 @@ impl BackendSet {
                 0
             };
             for (ei, ep) in g.endpoints.iter().enumerate() {
-                let tag = aws_lc_rs::hmac::sign(&key, ep.to_string().as_bytes());
-                let cookie: String = tag.as_ref()[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                let mut idb = [0u8; 8];
-                idb.copy_from_slice(&tag.as_ref()[8..16]);
+                let live = live.get(ep, cookie_key);
                 members.push(Member {
                     group: gi as u32,
                     index: ei as u32,
                     weight: w,
-                    live: live.get(ep),
-                    cookie: cookie.into_boxed_str(),
-                    id: u64::from_le_bytes(idb),
+                    cookie: live.cookie.clone(),
+                    id: live.id,
+                    live,
                 });
             }
         }
