@@ -172,20 +172,7 @@ pub async fn serve_http(
     let builder = builder(&settings);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = crate::app_signal::stopped(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(&listener, &mut shutdown).await {
         let info = Arc::new(ConnInfo::new(peer, local.unwrap_or(peer), false));
         serve_conn(
             &builder,
@@ -197,6 +184,29 @@ pub async fn serve_http(
     }
     drop(listener);
     drain(graceful, local, settings.drain).await;
+}
+
+/// The next connection (nodelay set), or `None` once `shutdown` turns true.
+/// Accept errors (EMFILE and friends) back off instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    return Some((s, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = crate::app_signal::stopped(shutdown) => return None,
+        }
+    }
 }
 
 /// Wait for in-flight requests, up to `deadline`.

@@ -33,19 +33,7 @@ pub async fn serve_https(
     let builder = Arc::new(proxy::builder(&settings));
     let graceful = Arc::new(GracefulShutdown::new());
     let local = listener.local_addr().ok();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = crate::app_signal::stopped(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = proxy::accept(&listener, &mut shutdown).await {
         let (proxy, tls, builder, graceful) = (
             proxy.clone(),
             tls.clone(),
