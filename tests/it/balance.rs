@@ -450,11 +450,12 @@ async fn rate_limits_and_pod_concurrent_connections() {
 
     let http = r.http;
     let slow = tokio::spawn(async move {
-        get(http, "conc.example.com", "/delay/500", &[])
+        get(http, "conc.example.com", "/delay/1500", &[])
             .await
             .status
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Give the slow request time to be in flight, even on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         r.get("conc.example.com", "/").await.status,
         StatusCode::TOO_MANY_REQUESTS
