@@ -214,14 +214,14 @@ fn alpn(mut cfg: ClientConfig) -> Arc<ClientConfig> {
 fn client_config(roots: Arc<RootCertStore>) -> Arc<ClientConfig> {
     let b = ClientConfig::builder_with_provider(certs::provider())
         .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions");
+        .expect("the crypto provider supports the default protocol versions");
     alpn(b.with_root_certificates(roots).with_no_client_auth())
 }
 
 fn insecure_client_config() -> Arc<ClientConfig> {
     let b = ClientConfig::builder_with_provider(certs::provider())
         .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions");
+        .expect("the crypto provider supports the default protocol versions");
     alpn(
         b.dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify))
