@@ -1,7 +1,7 @@
 //! Server-side TLS configuration: the SNI certificate resolver over the
 //! live table, ALPN variants, client-certificate verification, and the
 //! Mozilla "intermediate" profile (TLS 1.2 + 1.3, AEAD suites, X25519/P-256/
-//! P-384: exactly what the ring provider offers).
+//! P-384, set in `certs::provider`).
 
 use super::certs;
 use crate::table::{CertifiedKey, TableStore};
