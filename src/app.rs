@@ -89,6 +89,18 @@ pub async fn start_with_source(
         ),
         None => None,
     };
+    // Read before binding anything public: a missing or empty token file is
+    // a startup error, never an open admin API.
+    let admin_token = match &cfg.admin_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("reading admin token file {}", p.display()))?;
+            let t = t.trim().to_owned();
+            anyhow::ensure!(!t.is_empty(), "admin token file {} is empty", p.display());
+            Some(Arc::<str>::from(t))
+        }
+        None => None,
+    };
     let mut compile_cfg = cfg.compile_config();
     compile_cfg.destination_trust = destination_trust(&cfg.tls)?;
     let server_tls = match &https {
@@ -152,6 +164,7 @@ pub async fn start_with_source(
         let state = AdminState {
             store: store.clone(),
             router_name: cfg.router_name.clone(),
+            token: admin_token,
         };
         tasks.push(tokio::spawn(admin::serve(l, state, shutdown_rx.clone())));
     }

@@ -20,6 +20,33 @@ use tracing::debug;
 pub struct AdminState {
     pub store: Arc<TableStore>,
     pub router_name: String,
+    /// Bearer token required for everything but health (`--admin-token-file`).
+    pub token: Option<Arc<str>>,
+}
+
+/// Health endpoints stay open (kubelet and load balancers probe them), and
+/// so does the dashboard page itself: it holds no data and asks for the
+/// token before calling the API.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/healthz/ready" | "/")
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(want) = &state.token else {
+        return true;
+    };
+    let got = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes()).is_ok()
 }
 
 /// Serve the admin API until `shutdown` turns true.
@@ -53,6 +80,18 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
 }
 
 fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !is_public(req.uri().path()) && !authorized(state, &req) {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "a bearer token is required\n".into(),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"gatehouse\""),
+        );
+        return r;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,

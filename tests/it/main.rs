@@ -1,6 +1,7 @@
 //! Integration tests: real sockets on 127.0.0.1, real upstream servers, the
 //! real binary where the process matters. One binary so it links once.
 
+mod admin;
 mod admission;
 mod balance;
 mod pool;
