@@ -137,7 +137,7 @@ pub(crate) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
 /// Serve one client connection (plain or already-decrypted TLS).
 pub(crate) fn serve_conn<I>(
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    watcher: hyper_util::server::graceful::Watcher,
     io: I,
     info: Arc<ConnInfo>,
     proxy: Arc<Proxy>,
@@ -153,7 +153,7 @@ pub(crate) fn serve_conn<I>(
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
-    let conn = graceful.watch(conn);
+    let conn = watcher.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!(%peer, error = %e, "client connection ended with an error");
@@ -176,7 +176,7 @@ pub async fn serve_http(
         let info = Arc::new(ConnInfo::new(peer, local.unwrap_or(peer), false));
         serve_conn(
             &builder,
-            &graceful,
+            graceful.watcher(),
             crate::io::Flat(stream),
             info,
             proxy.clone(),

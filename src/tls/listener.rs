@@ -12,7 +12,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -31,29 +30,27 @@ pub async fn serve_https(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(proxy::builder(&settings));
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     while let Some((stream, peer)) = proxy::accept(&listener, &mut shutdown).await {
-        let (proxy, tls, builder, graceful) = (
+        // Watching starts at accept, so a drain also waits for connections
+        // still in their handshake.
+        let (proxy, tls, builder, watcher) = (
             proxy.clone(),
             tls.clone(),
             builder.clone(),
-            graceful.clone(),
+            graceful.watcher(),
         );
         let local = local.unwrap_or(peer);
         tokio::spawn(async move {
-            if let Err(why) = accept(stream, peer, local, &proxy, &tls, &builder, &graceful).await {
+            if let Err(why) = accept(stream, peer, local, &proxy, &tls, &builder, watcher).await {
                 HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
                 debug!(%peer, why, "TLS connection refused");
             }
         });
     }
     drop(listener);
-    match Arc::try_unwrap(graceful) {
-        Ok(g) => proxy::drain(g, local, settings.drain).await,
-        // Handshakes still in flight hold a reference: give them the deadline.
-        Err(_) => tokio::time::sleep(settings.drain.min(Duration::from_secs(1))).await,
-    }
+    proxy::drain(graceful, local, settings.drain).await;
 }
 
 async fn accept(
@@ -63,7 +60,7 @@ async fn accept(
     proxy: &Arc<Proxy>,
     tls: &ServerTls,
     builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    graceful: &GracefulShutdown,
+    watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), &'static str> {
     let mut buf = Vec::with_capacity(1024);
     let hello = tokio::time::timeout(tls.handshake_timeout, read_hello(&mut stream, &mut buf))
@@ -127,7 +124,7 @@ async fn accept(
     {
         info.client_dn = super::certs::subject(cert).and_then(|s| HeaderValue::try_from(s).ok());
     }
-    proxy::serve_conn(builder, graceful, tls_stream, Arc::new(info), proxy.clone());
+    proxy::serve_conn(builder, watcher, tls_stream, Arc::new(info), proxy.clone());
     Ok(())
 }
 

@@ -929,3 +929,37 @@ async fn ingress_tls_secrets_serve_their_hosts() {
     assert_eq!(plain.headers["location"], "https://ing.example.com/p?q=1");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight_over_tls() {
+    let ca = Ca::new("test CA");
+    let a = ca.leaf(&["a.example.com"]);
+    let up = Upstream::start("slow").await;
+    let text = [
+        service("default", "web", &[up.port()]),
+        edge("a", "a.example.com", "web", Some(&a)),
+    ]
+    .concat();
+    let r = https_router(&[("t.yaml", &text)], |_| {}).await;
+    let (s, _) = connect(
+        r.https.unwrap(),
+        client_config(ca.roots(), &[]),
+        "a.example.com",
+    )
+    .await
+    .unwrap();
+    let in_flight = tokio::spawn(async move { get_over(s, "a.example.com", "/delay/600").await });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let addr = r.https.unwrap();
+    r.stop().await;
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the request in flight finished"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
