@@ -224,6 +224,11 @@ pub fn seed_thread_rng(s: u64) {
     RNG.with(|c| c.set(s | 1));
 }
 
+/// A fast per-thread random number (not for secrets).
+pub fn random_u64() -> u64 {
+    random()
+}
+
 /// xorshift64*: fast, per thread, good enough to spread load.
 fn random() -> u64 {
     RNG.with(|c| {

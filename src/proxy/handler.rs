@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, warn};
 
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 static X_SSL_CLIENT_DN: http::HeaderName = http::HeaderName::from_static("x-ssl-client-dn");
 static X_SSL_CLIENT_VERIFY: http::HeaderName = http::HeaderName::from_static("x-ssl-client-verify");
 
@@ -28,8 +29,16 @@ const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_ATTEMPTS: usize = 3;
 
 /// Serve one request. Never fails: every problem becomes a response.
-pub async fn handle(proxy: &Proxy, conn: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
+    // Every request carries an id end to end: the client's, or a new one.
+    if !req.headers().contains_key(&X_REQUEST_ID) {
+        req.headers_mut().insert(X_REQUEST_ID.clone(), request_id());
+    }
     let host_value = match request_host(&req) {
         Some(h) => h,
         None => return local::text(StatusCode::BAD_REQUEST, "missing Host header"),
@@ -590,6 +599,17 @@ fn rewrite(route_path: &str, target: &str, uri: &http::Uri) -> Option<http::uri:
         out.push_str(q);
     }
     http::uri::PathAndQuery::try_from(out).ok()
+}
+
+/// A new request id: 16 hex digits from a per-thread generator (unique
+/// enough to follow one request through logs; not a secret).
+fn request_id() -> HeaderValue {
+    let n = crate::balance::random_u64();
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub struct LogLine {
     uri: Uri,
     host: Box<str>,
     version: Version,
+    request_id: Option<http::HeaderValue>,
+    tls: bool,
     pub route: Option<Arc<RouteEntry>>,
     status: u16,
     endpoint: Option<Endpoint>,
@@ -36,6 +38,8 @@ impl LogLine {
             uri: req.uri().clone(),
             host: host.into(),
             version: req.version(),
+            request_id: req.headers().get("x-request-id").cloned(),
+            tls: conn.tls,
             route: None,
             status: 0,
             endpoint: None,
@@ -66,6 +70,8 @@ impl LogLine {
             "namespace": self.route.as_ref().map(|r| &*r.namespace),
             "route": self.route.as_ref().map(|r| &*r.name),
             "endpoint": self.endpoint.as_ref().map(|e| e.to_string()),
+            "request_id": self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            "tls": self.tls,
         })
     }
 }

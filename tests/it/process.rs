@@ -273,3 +273,67 @@ fn a_bad_config_or_missing_source_is_a_clear_startup_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_json_line_per_request() {
+    use tokio::io::AsyncBufReadExt;
+    let up = Upstream::start("logged").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        format!(
+            "{}{}",
+            service("shop", "s", &[up.port()]),
+            simple_route("shop", "web", "log.example.com", "", "s")
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["--log-format", "json", "run", "--manifests"])
+        .arg(dir.path())
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--access-log",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let http: SocketAddr = loop {
+        let line = err.next_line().await.unwrap().expect("listening line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "gatehouse listening" {
+            break v["http"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let reply = get(
+        http,
+        "log.example.com",
+        "/a/b?c=d",
+        &[("x-request-id", "trace-42")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(5), out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["host"], "log.example.com");
+    assert_eq!(v["path"], "/a/b");
+    assert_eq!(v["namespace"], "shop");
+    assert_eq!(v["route"], "web");
+    assert_eq!(v["request_id"], "trace-42");
+    assert_eq!(v["endpoint"], format!("127.0.0.1:{}", up.port()));
+    let _ = child.kill().await;
+}

@@ -295,3 +295,28 @@ async fn external_name_services_resolve_by_dns() {
     assert_eq!(reply.echoed("name"), Some("external"));
     r.stop().await;
 }
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made() {
+    let up = Upstream::start("id").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "r", "id.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let made = r.get("id.example.com", "/").await;
+    let id = made.echoed("x-request-id").expect("an id is added");
+    assert_eq!(id.len(), 16);
+    let other = r.get("id.example.com", "/").await;
+    assert_ne!(other.echoed("x-request-id"), Some(id), "ids differ");
+    let kept = get(
+        r.http,
+        "id.example.com",
+        "/",
+        &[("x-request-id", "abc-123")],
+    )
+    .await;
+    assert_eq!(kept.echoed("x-request-id"), Some("abc-123"));
+    r.stop().await;
+}
