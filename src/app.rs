@@ -258,11 +258,13 @@ async fn compile_loop(
         let old_objects = prev.replace(current);
         // Freeing a 10k-route table takes milliseconds: not on a thread that
         // serves requests.
-        let live = cfg.live.clone();
+        let (live, stats) = (cfg.live.clone(), cfg.stats.clone());
         tokio::task::spawn_blocking(move || {
             drop((old_table, old_objects));
-            // Endpoints no table refers to any more lose their live state.
+            // Endpoints and routes no table refers to any more lose their
+            // live state and counters.
             live.prune();
+            stats.prune();
         });
         info!(
             generation,

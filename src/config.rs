@@ -260,6 +260,7 @@ impl RouterConfig {
             cert_cache: Default::default(),
             destination_trust: Default::default(),
             live: Default::default(),
+            stats: Default::default(),
             cookie_key: match &self.cookie_key {
                 Some(k) => std::sync::Arc::from(k.as_bytes()),
                 None => {

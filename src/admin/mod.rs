@@ -208,10 +208,11 @@ fn backends(state: &AdminState) -> String {
 }
 
 fn metrics(state: &AdminState) -> String {
+    use std::fmt::Write as _;
     let t = state.store.load_full();
     let admitted = t.statuses.iter().filter(|s| s.admitted).count();
     let rejected = t.statuses.len() - admitted;
-    format!(
+    let mut out = format!(
         "# HELP gatehouse_table_generation Generation of the live routing table.\n\
          # TYPE gatehouse_table_generation gauge\n\
          gatehouse_table_generation {}\n\
@@ -224,11 +225,38 @@ fn metrics(state: &AdminState) -> String {
          gatehouse_ready {}\n\
          # HELP gatehouse_tls_handshake_failures_total TLS connections closed before a completed handshake (garbage, oversized or truncated ClientHello, timeout, failed verification).\n\
          # TYPE gatehouse_tls_handshake_failures_total counter\n\
-         gatehouse_tls_handshake_failures_total {}\n",
+         gatehouse_tls_handshake_failures_total {}\n\
+         # HELP gatehouse_unrouted_requests_total Requests for hosts no route serves (answered 503).\n\
+         # TYPE gatehouse_unrouted_requests_total counter\n\
+         gatehouse_unrouted_requests_total {}\n\
+         # HELP gatehouse_route_requests_total Requests per route by status class.\n\
+         # TYPE gatehouse_route_requests_total counter\n",
         t.generation,
         u8::from(state.store.is_ready()),
         crate::tls::listener::HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
-    )
+        crate::proxy::UNROUTED.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let mut routes: Vec<_> = t.routes().collect();
+    routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    routes.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    for r in routes {
+        for (class, n) in r.stats.snapshot() {
+            let _ = writeln!(
+                out,
+                "gatehouse_route_requests_total{{namespace=\"{}\",route=\"{}\",code=\"{class}\"}} {n}",
+                label(&r.namespace),
+                label(&r.name)
+            );
+        }
+    }
+    out
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -35,6 +35,8 @@ pub struct CompileConfig {
     pub destination_trust: tls::DestinationTrust,
     /// Live endpoint state shared across tables.
     pub live: Arc<LiveRegistry>,
+    /// Per-route request counters shared across tables.
+    pub stats: Arc<crate::table::StatsRegistry>,
     /// Key of the sticky-cookie values (same key on every replica → same
     /// choices).
     pub cookie_key: Arc<[u8]>,
@@ -54,6 +56,7 @@ impl Default for CompileConfig {
             cert_cache: Arc::default(),
             destination_trust: tls::DestinationTrust::None,
             live: Arc::default(),
+            stats: Arc::default(),
             cookie_key: Arc::from(&b"gatehouse"[..]),
             default_cookie_name: None,
             default_balance: Algorithm::Random,
@@ -211,6 +214,7 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
             _ => None,
         };
         let entry = Arc::new(RouteEntry {
+            stats: cfg.stats.get(ns, &r.metadata.name),
             upstream_tls: up_tls,
             namespace: Arc::from(ns),
             name: Arc::from(r.metadata.name.as_str()),

@@ -45,6 +45,7 @@ pub async fn handle(
     };
     let host = host_value.to_str().unwrap_or("");
     let route = proxy.store.load().lookup(host, req.uri().path()).cloned();
+    let counted = route.as_ref().map(|r| r.stats.clone());
     let mut log = proxy
         .access_log
         .as_ref()
@@ -61,6 +62,12 @@ pub async fn handle(
             forward(proxy, conn, req, &route, &host_value).await
         }
     };
+    match &counted {
+        Some(stats) => stats.count(resp.status().as_u16()),
+        None => {
+            super::UNROUTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     if let (Some(mut l), Some(sink)) = (log, proxy.access_log.as_ref()) {
         l.finish(resp.status(), endpoint, start.elapsed());
         sink.push(l);

@@ -40,6 +40,9 @@ pub struct Proxy {
     pub limits: limits::Limiters,
 }
 
+/// Requests for hosts no route serves (process-wide, for /metrics).
+pub static UNROUTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Retries may add at most a tenth to the load: every request deposits one
 /// token, every retry to another endpoint costs ten; a small reserve lets a
 /// quiet router retry too. An outage cannot be amplified by retries.

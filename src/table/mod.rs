@@ -7,7 +7,10 @@
 
 mod live;
 mod lookup;
+mod stats;
 mod store;
+
+pub use stats::{RouteCounters, StatsRegistry};
 
 pub use live::{ActiveGuard, EndpointLive, HealthPolicy, LiveRegistry};
 
@@ -98,6 +101,8 @@ pub struct RouteEntry {
     pub backends: Arc<BackendSet>,
     /// Re-encrypt routes: TLS towards the endpoints.
     pub upstream_tls: Option<Arc<UpstreamTls>>,
+    /// Request counters, shared across tables.
+    pub stats: Arc<RouteCounters>,
 }
 
 /// Per-route behaviour from annotations, with router defaults applied.

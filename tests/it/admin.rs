@@ -47,3 +47,38 @@ async fn admin_api_needs_the_bearer_token_health_does_not() {
     }
     r.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_requests_per_route_and_class() {
+    let up = Upstream::start("m").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "counted", "m.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("m.yaml", &text)]).await;
+    for _ in 0..3 {
+        assert_eq!(r.get("m.example.com", "/").await.status, StatusCode::OK);
+    }
+    let _ = r.get("nobody.example.com", "/").await;
+    let m = get(r.admin, "admin", "/metrics", &[]).await.body;
+    assert!(
+        m.contains("gatehouse_route_requests_total{namespace=\"default\",route=\"counted\",code=\"2xx\"} 3"),
+        "{m}"
+    );
+    let unrouted: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_unrouted_requests_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(unrouted >= 1);
+    // A table swap does not reset the counters.
+    r.write(
+        "extra.yaml",
+        &simple_route("default", "other", "o.example.com", "", "s"),
+    )
+    .await;
+    let m = get(r.admin, "admin", "/metrics", &[]).await.body;
+    assert!(m.contains("route=\"counted\",code=\"2xx\"} 3"), "{m}");
+    r.stop().await;
+}
