@@ -18,15 +18,6 @@ impl<'a> SliceIndex<'a> {
         Self::build(objs, |_| true)
     }
 
-    /// Only the slices of `services` (for endpoint-only updates).
-    pub fn for_services(objs: &'a Objects, services: &BTreeSet<Key>) -> Self {
-        Self::build(objs, |(ns, name)| {
-            services
-                .iter()
-                .any(|(sns, sname)| sns == ns && sname == name)
-        })
-    }
-
     fn build(objs: &'a Objects, keep: impl Fn((&str, &str)) -> bool) -> Self {
         let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for ((ns, _), s) in &objs.endpoint_slices {

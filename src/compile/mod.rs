@@ -266,7 +266,9 @@ pub fn update_endpoints(
     generation: u64,
     cfg: &CompileConfig,
 ) -> Compiled {
-    let slices = SliceIndex::for_services(objs, services);
+    // Routes rebuilt here also send to services whose endpoints did not
+    // change: index every slice, not just the changed services' ones.
+    let slices = SliceIndex::new(objs);
     let mut diagnostics = Vec::new();
     let mut table = RoutingTable {
         generation,

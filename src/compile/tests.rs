@@ -213,3 +213,37 @@ fn wildcard_lookup_after_exact() {
     assert_eq!(name("a.b.example.com", "/"), None);
     assert_eq!(name("example.com", "/"), None);
 }
+
+#[test]
+fn endpoint_update_keeps_the_other_services_of_a_route() {
+    // Regression: the update used to index only the changed service's
+    // slices, so the route's other service lost its endpoints.
+    let slice = |svc: &str, ip: &str| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {svc}-x, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [{ip}]}}]\nports: [{{name: http, port: 8080}}]\n"
+        )
+    };
+    let svc = |n: &str| {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n")
+    };
+    let route = "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {name: ab}\nspec:\n  host: ab.example.com\n  to: {kind: Service, name: a, weight: 1}\n  alternateBackends: [{kind: Service, name: b, weight: 1}]\n  port: {targetPort: http}\n";
+    let base = format!(
+        "{}{}{}{}{route}",
+        svc("a"),
+        svc("b"),
+        slice("a", "10.0.0.1"),
+        slice("b", "10.0.0.2")
+    );
+    let a = objs(&base);
+    let b = objs(&base.replace("10.0.0.1", "10.0.0.3"));
+    let cfg = CompileConfig::default();
+    let t1 = compile(&a, &cfg, 1).table;
+    let crate::model::store::Change::EndpointsOnly(svcs) = b.change_from(&a) else {
+        panic!()
+    };
+    let t2 = update_endpoints(&t1, &b, &svcs, 2, &cfg).table;
+    assert_eq!(
+        eps(&t2, "ab.example.com", "/"),
+        ["10.0.0.3:8080", "10.0.0.2:8080"]
+    );
+}
