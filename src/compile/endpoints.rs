@@ -4,7 +4,7 @@
 
 use crate::model::{EndpointPort, EndpointSlice, IntOrString, Key, Objects, Service};
 use crate::table::{Endpoint, UpstreamProtocol};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
