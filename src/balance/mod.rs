@@ -181,13 +181,6 @@ pub fn sticky(set: &BackendSet, cookie: &str) -> Option<Pick> {
         .map(Pick)
 }
 
-/// Pick by a hash of the client (passthrough's default `balance source`).
-pub fn pick_hashed(set: &BackendSet, client: IpAddr) -> Option<Pick> {
-    let eligible = |_: usize, m: &Member| m.weight > 0 && m.live.is_available();
-    source(set, client_key(client), &eligible)
-        .or_else(|| source(set, client_key(client), &|_, m: &Member| m.weight > 0))
-}
-
 fn client_key(ip: IpAddr) -> u64 {
     match ip.to_canonical() {
         IpAddr::V4(a) => u32::from(a) as u64,

@@ -385,6 +385,15 @@ fn settings(
     };
     let timeout = dur(ANN_TIMEOUT, cfg.default_timeout);
     let tunnel_timeout = dur(ANN_TUNNEL, cfg.default_tunnel_timeout);
+    // Passthrough has only a tunnel: OpenShift uses `timeout-tunnel`, else
+    // `timeout`, else the default tunnel timeout.
+    let passthrough_idle = match (
+        ann.contains_key(ANN_TUNNEL),
+        ann.get(ANN_TIMEOUT).and_then(|v| duration::parse(v)),
+    ) {
+        (false, Some(t)) => t,
+        _ => tunnel_timeout,
+    };
     let forwarded = match ann.get(ANN_FORWARDED) {
         None => cfg.forwarded,
         Some(v) => ForwardedPolicy::parse(v).unwrap_or_else(|| {
@@ -545,6 +554,7 @@ fn settings(
     RouteSettings {
         timeout,
         tunnel_timeout,
+        passthrough_idle,
         forwarded,
         hsts,
         algorithm,

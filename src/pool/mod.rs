@@ -251,7 +251,14 @@ impl Upstreams {
                 }
                 // Returned at end of body; the connection task may still be
                 // finishing the exchange. Closed → try the next one.
-                if c.sender.is_ready() || c.sender.ready().await.is_ok() {
+                // Not ready soon means an earlier request on it is still
+                // uploading (the upstream answered early): leave it.
+                if c.sender.is_ready()
+                    || matches!(
+                        tokio::time::timeout(Duration::from_millis(50), c.sender.ready()).await,
+                        Ok(Ok(()))
+                    )
+                {
                     return Ok(Conn::h1(key, c.sender, true));
                 }
             }

@@ -191,6 +191,18 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.insert(header::HOST, host_value.clone());
+    // HTTP/2 clients send one cookie field per pair; HTTP/1.1 wants one
+    // header (RFC 9113 §8.2.3).
+    if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&joined.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
     // Client-certificate facts come from our handshake only, never from the
     // client's own headers.
     headers.remove(&X_SSL_CLIENT_DN);
@@ -433,7 +445,15 @@ async fn forward(
             if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client) = client_upgrade {
                     let upstream = hyper::upgrade::on(&mut resp);
-                    super::tunnel::spawn(client, upstream, route.settings.tunnel_timeout);
+                    super::tunnel::spawn(
+                        client,
+                        upstream,
+                        route.settings.tunnel_timeout,
+                        super::body::InFlight {
+                            active: guard,
+                            slot,
+                        },
+                    );
                 }
                 let (parts, _) = resp.into_parts();
                 return (

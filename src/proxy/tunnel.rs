@@ -13,8 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::debug;
 
 /// Join the client's and the upstream's upgraded connections in a task.
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+pub fn spawn<H: Send + 'static>(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, hold: H) {
     tokio::spawn(async move {
+        // Counters and limiter slots stay taken while the tunnel lives.
+        let _hold = hold;
         let (c, u) = tokio::join!(client, upstream);
         let (Ok(c), Ok(u)) = (c, u) else {
             debug!("upgrade did not complete on both sides");

@@ -112,6 +112,9 @@ pub struct RouteSettings {
     pub timeout: Duration,
     /// `haproxy.router.openshift.io/timeout-tunnel`: WebSocket / upgraded.
     pub tunnel_timeout: Duration,
+    /// Idle limit of a passthrough connection: `timeout-tunnel`, else
+    /// `timeout`, else the default tunnel timeout (as OpenShift).
+    pub passthrough_idle: Duration,
     pub forwarded: ForwardedPolicy,
     /// `haproxy.router.openshift.io/hsts_header`, when valid.
     pub hsts: Option<http::HeaderValue>,

@@ -76,24 +76,36 @@ async fn accept(
                     return Err("client address not in the route's ip_allowlist");
                 }
             }
-            let Some(pick) = crate::balance::pick_hashed(&route.backends, peer.ip()) else {
-                return Err("passthrough route has no ready endpoint");
+            // The route's algorithm (source by default), with failover:
+            // nothing has been sent yet, so another endpoint is safe.
+            let mut tried = Vec::new();
+            let mut up = loop {
+                let Some(pick) = crate::balance::pick(&route.backends, peer.ip(), &tried) else {
+                    return Err("passthrough route has no endpoint that accepts connections");
+                };
+                let (_, endpoint) = pick.resolve(&route.backends);
+                match proxy.upstreams.connect_tcp(endpoint).await {
+                    Ok(s) => {
+                        pick.member(&route.backends).live.record_success();
+                        break s;
+                    }
+                    Err(e) => {
+                        warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, "passthrough connect failed");
+                        pick.member(&route.backends)
+                            .live
+                            .record_failure(&proxy.health);
+                        tried.push(pick);
+                        if tried.len() >= 3 {
+                            return Err("passthrough connect failed");
+                        }
+                    }
+                }
             };
-            let (_, endpoint) = pick.resolve(&route.backends);
-            let mut up = proxy.upstreams.connect_tcp(endpoint).await.map_err(|e| {
-                warn!(route = %route.name, namespace = %route.namespace, %endpoint, error = %e.source, "passthrough connect failed");
-                "passthrough connect failed"
-            })?;
             up.write_all(&buf)
                 .await
                 .map_err(|_| "passthrough write failed")?;
             drop(buf);
-            crate::proxy::tunnel::pipe(
-                stream,
-                up,
-                route.settings.timeout.max(route.settings.tunnel_timeout),
-            )
-            .await;
+            crate::proxy::tunnel::pipe(stream, up, route.settings.passthrough_idle).await;
             return Ok(());
         }
     }
