@@ -203,16 +203,19 @@ impl Upstreams {
     }
 
     /// A new connection to `endpoint`, never a pooled one.
+    /// `h1_only` keeps a TLS endpoint from choosing h2 (upgrades need
+    /// HTTP/1.1).
     pub async fn connect(
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
         tls: Option<&Arc<UpstreamTls>>,
+        h1_only: bool,
     ) -> Result<Conn, ConnectError> {
         let key = Self::key(endpoint, tls);
         let stream = self.connect_tcp(endpoint).await?;
         match tls {
-            Some(t) => self.handshake_tls(key, stream, t).await,
+            Some(t) => self.handshake_tls(key, stream, t, h1_only).await,
             None => Ok(match protocol {
                 UpstreamProtocol::Http1 => {
                     Conn::h1(key, self.handshake_h1(endpoint, Flat(stream)).await?, false)
@@ -233,9 +236,10 @@ impl Upstreams {
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
         tls: Option<&Arc<UpstreamTls>>,
+        h1_only: bool,
     ) -> Result<Conn, ConnectError> {
         let key = Self::key(endpoint, tls);
-        if protocol == UpstreamProtocol::H2c || tls.is_some() {
+        if (protocol == UpstreamProtocol::H2c || tls.is_some()) && !h1_only {
             let existing = lock(&self.inner.h2)
                 .get(&key)
                 .filter(|s| !s.is_closed())
@@ -263,7 +267,7 @@ impl Upstreams {
                 }
             }
         }
-        self.connect(endpoint, protocol, tls).await
+        self.connect(endpoint, protocol, tls, h1_only).await
     }
 
     /// Send on `conn`. A stale pooled HTTP/1.1 connection that closed before
@@ -292,7 +296,7 @@ impl Upstreams {
                         (true, Some(req)) => {
                             debug!(%endpoint, "pooled connection closed under us; reconnecting");
                             let fresh = self
-                                .connect(endpoint, UpstreamProtocol::Http1, tls)
+                                .connect(endpoint, UpstreamProtocol::Http1, tls, true)
                                 .await
                                 .map_err(|c| {
                                     ExchangeError::new(
@@ -318,13 +322,15 @@ impl Upstreams {
         key: PoolKey,
         stream: TcpStream,
         tls: &Arc<UpstreamTls>,
+        h1_only: bool,
     ) -> Result<Conn, ConnectError> {
         let err = |source: io::Error| ConnectError {
             endpoint: key.endpoint.to_string(),
             source,
             tls: true,
         };
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let config = if h1_only { &tls.config_h1 } else { &tls.config };
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         let s = tokio::time::timeout(
             self.inner.cfg.connect_timeout,
             connector.connect(tls.server_name.clone(), Flat(stream)),

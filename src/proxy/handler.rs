@@ -300,7 +300,7 @@ async fn forward(
         };
         match proxy
             .upstreams
-            .checkout(endpoint, protocol, route.upstream_tls.as_ref())
+            .checkout(endpoint, protocol, route.upstream_tls.as_ref(), upgrade)
             .await
         {
             Ok(upstream) => {
@@ -394,7 +394,11 @@ async fn forward(
             // Same endpoint, fresh connection: the endpoint did nothing wrong.
             debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
             let protocol = chosen.resolve(&route.backends).0.protocol;
-            match proxy.upstreams.connect(&endpoint, protocol, tls).await {
+            match proxy
+                .upstreams
+                .connect(&endpoint, protocol, tls, upgrade)
+                .await
+            {
                 Ok(fresh) => {
                     upstream = fresh;
                     up = again();
@@ -417,7 +421,20 @@ async fn forward(
             break (Ok(Err(e)), chosen, endpoint, guard);
         };
         let (group, next_ep) = next.resolve(&route.backends);
-        match proxy.upstreams.checkout(next_ep, group.protocol, tls).await {
+        match proxy
+            .upstreams
+            .checkout(
+                next_ep,
+                if upgrade {
+                    UpstreamProtocol::Http1
+                } else {
+                    group.protocol
+                },
+                tls,
+                upgrade,
+            )
+            .await
+        {
             Ok(c) => {
                 warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, "upstream failed before answering; retrying on another endpoint");
                 let mut req = again();

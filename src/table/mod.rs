@@ -31,7 +31,10 @@ pub use rustls::sign::CertifiedKey;
 /// endpoint's certificate must carry (`<service>.<namespace>.svc`).
 #[derive(Debug)]
 pub struct UpstreamTls {
+    /// ALPN h2 + http/1.1.
     pub config: Arc<rustls::ClientConfig>,
+    /// ALPN http/1.1 only: for upgrades (WebSocket), which need HTTP/1.1.
+    pub config_h1: Arc<rustls::ClientConfig>,
     pub server_name: rustls::pki_types::ServerName<'static>,
     /// Unique per verifier, so pooled connections verified under one CA are
     /// never handed to a route that trusts another.
@@ -44,8 +47,11 @@ impl UpstreamTls {
         server_name: rustls::pki_types::ServerName<'static>,
     ) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut h1 = (*config).clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         UpstreamTls {
             config,
+            config_h1: Arc::new(h1),
             server_name,
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }

@@ -963,3 +963,81 @@ async fn shutdown_drains_requests_in_flight_over_tls() {
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn websockets_through_reencrypt_to_a_backend_that_prefers_h2() {
+    use futures_util::{SinkExt, StreamExt};
+    let front = Ca::new("front CA");
+    let service_ca = Ca::new("service CA");
+    let site = front.leaf(&["wss.example.com"]);
+    let backend = service_ca.leaf(&["ws.default.svc"]);
+    // A TLS backend offering h2 first, speaking WebSocket over HTTP/1.1.
+    let ck = gatehouse::tls::certs::certified_key(&backend.cert, &backend.key, None).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(gatehouse::tls::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            ck.cert.clone(),
+            rustls::pki_types::PrivateKeyDer::from_pem_slice_compat(&backend.key),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let text = [
+        service("default", "ws", &[port]),
+        tls_route(
+            "wss",
+            "wss.example.com",
+            "ws",
+            "reencrypt",
+            &[
+                ("certificate", &block(&site.cert)),
+                ("key", &block(&site.key)),
+                ("destinationCACertificate", &block(&service_ca.pem)),
+            ],
+            "",
+        ),
+    ]
+    .concat();
+    let r = https_router(&[("t.yaml", &text)], |_| {}).await;
+    let (s, _) = connect(
+        r.https.unwrap(),
+        client_config(front.roots(), &[b"http/1.1"]),
+        "wss.example.com",
+    )
+    .await
+    .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://wss.example.com/chat", s)
+        .await
+        .expect("upgrade through re-encrypt");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "over tls twice",
+    ))
+    .await
+    .unwrap();
+    let m = ws.next().await.unwrap().unwrap();
+    assert_eq!(m.into_text().unwrap().as_str(), "over tls twice");
+    r.stop().await;
+}
