@@ -66,6 +66,9 @@ pub struct ExchangeError {
     /// Failed before any response byte (closed, reset): a safe request may
     /// go to another endpoint.
     pub before_response: bool,
+    /// The request itself, when hyper gives it back unsent (a new connection
+    /// closed before anything was written): any request may go elsewhere.
+    pub unsent: Option<Request<RequestBody>>,
 }
 
 impl ExchangeError {
@@ -76,6 +79,7 @@ impl ExchangeError {
             source,
             stale: reused && before_response,
             before_response,
+            unsent: None,
         }
     }
 }
@@ -307,8 +311,10 @@ impl Upstreams {
                                 })?;
                             return Box::pin(self.send(endpoint, fresh, req, tls)).await;
                         }
-                        (reused, _) => {
-                            return Err(ExchangeError::new(endpoint, e.into_error(), reused))
+                        (reused, unsent) => {
+                            let mut err = ExchangeError::new(endpoint, e.into_error(), reused);
+                            err.unsent = unsent;
+                            return Err(err);
                         }
                     },
                 };

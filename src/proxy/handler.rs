@@ -372,12 +372,39 @@ async fn forward(
         let result =
             tokio::time::timeout_at(deadline, proxy.upstreams.send(&endpoint, upstream, up, tls))
                 .await;
-        let e = match result {
+        let mut e = match result {
             Ok(Err(e)) => e,
             other => break (other, chosen, endpoint, guard),
         };
         if !e.stale {
             member.live.record_failure(&proxy.health);
+        }
+        // Nothing was written: the request, body and all, may go to another
+        // endpoint whatever its method.
+        if let Some(mut unsent) = e.unsent.take() {
+            tried.push(chosen);
+            let next = balance::pick(&route.backends, conn.peer.ip(), &tried)
+                .filter(|_| tried.len() < MAX_ATTEMPTS.min(endpoints));
+            if let Some(next) = next {
+                let (group, next_ep) = next.resolve(&route.backends);
+                let protocol = if upgrade {
+                    UpstreamProtocol::Http1
+                } else {
+                    group.protocol
+                };
+                if let Ok(c) = proxy
+                    .upstreams
+                    .checkout(next_ep, protocol, tls, upgrade)
+                    .await
+                {
+                    debug!(%endpoint, next = %next_ep, "new upstream connection closed before the request was written; sending it elsewhere");
+                    let pq = unsent.uri().path_and_query().cloned();
+                    set_target(&mut unsent, c.protocol(), host, pq, tls.is_some());
+                    (endpoint, chosen, upstream, up) = (next_ep.clone(), next, c, unsent);
+                    continue;
+                }
+            }
+            break (Ok(Err(e)), chosen, endpoint, guard);
         }
         let Some(head) = replay.as_ref() else {
             break (Ok(Err(e)), chosen, endpoint, guard);
