@@ -251,7 +251,7 @@ async fn forward(
         .iter()
         .map(|g| g.endpoints.len())
         .sum();
-    let (endpoint, protocol, upstream, chosen) = loop {
+    let (endpoint, protocol, upstream, chosen, pending) = loop {
         let cap = route.settings.pod_max_conn;
         let mut next = match sticky {
             Some(s)
@@ -293,6 +293,10 @@ async fn forward(
             );
         };
         let (group, endpoint) = pick.resolve(&route.backends);
+        // Count the request on its endpoint now, before connecting, so a
+        // burst cannot pass a pod-concurrent-connections cap during the
+        // connect; dropped again if the connect fails.
+        let pending = pick.member(&route.backends).live.begin();
         let protocol = if upgrade {
             UpstreamProtocol::Http1
         } else {
@@ -312,7 +316,7 @@ async fn forward(
                     pq.take(),
                     route.upstream_tls.is_some(),
                 );
-                break (endpoint.clone(), protocol, upstream, pick);
+                break (endpoint.clone(), protocol, upstream, pick, pending);
             }
             Err(e) => {
                 tried.push(pick);
@@ -364,10 +368,11 @@ async fn forward(
     proxy.retry_budget.deposit();
     let deadline = tokio::time::Instant::now() + route.settings.timeout;
     let (mut endpoint, mut chosen, mut upstream, mut up) = (endpoint, chosen, upstream, up);
+    let mut pending = Some(pending);
     let _ = protocol;
     let sent = loop {
         let member = chosen.member(&route.backends);
-        let guard = member.live.begin();
+        let guard = pending.take().unwrap_or_else(|| member.live.begin());
         let tls = route.upstream_tls.as_ref();
         let result =
             tokio::time::timeout_at(deadline, proxy.upstreams.send(&endpoint, upstream, up, tls))

@@ -604,3 +604,72 @@ async fn an_endpoint_killed_mid_load_costs_no_get() {
     assert_eq!(late_b, 0);
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_concurrent_connections_holds_for_a_cold_burst() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // An upstream that records how many requests it serves at once.
+    let now = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (n2, m2) = (now.clone(), max.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (n, m) = (n2.clone(), m2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let (n, m) = (n.clone(), m.clone());
+                    async move {
+                        let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(c, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        n.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let text = format!(
+        "{}{}",
+        service("default", "web", &[port]),
+        route(
+            "default",
+            "cap",
+            "2024-01-01T00:00:00Z",
+            "cap.example.com",
+            "",
+            "web",
+            &[(
+                "haproxy.router.openshift.io/pod-concurrent-connections",
+                "2"
+            )],
+            ""
+        )
+    );
+    let r = TestRouter::start(&[("c.yaml", &text)]).await;
+    let http = r.http;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { get(http, "cap.example.com", "/", &[]).await.status }))
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            StatusCode::OK,
+            "all served within the queue time"
+        );
+    }
+    assert!(
+        max.load(Ordering::SeqCst) <= 2,
+        "upstream saw {} at once",
+        max.load(Ordering::SeqCst)
+    );
+    r.stop().await;
+}
