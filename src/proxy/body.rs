@@ -6,6 +6,7 @@ use crate::proxy::limits::Slot;
 use crate::table::ActiveGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -27,16 +28,44 @@ impl ProxyBody {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(b, _) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b, hold) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(r) => {
+                    if let Some(h) = hold {
+                        h.timer = None;
+                    }
+                    Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
+                }
+                Poll::Pending => {
+                    // The route's timeout is also the longest the upstream
+                    // may stay silent mid-body (HAProxy `timeout server`).
+                    // The timer exists only while the body is stalled.
+                    if let Some(h) = hold.as_mut().filter(|h| !h.idle.is_zero()) {
+                        let idle = h.idle;
+                        let t = h
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                        if t.as_mut().poll(cx).is_ready() {
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "upstream idle mid-body",
+                            );
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                    Poll::Pending
+                }
+            },
             ProxyBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -56,10 +85,23 @@ impl Body for ProxyBody {
     }
 }
 
-/// What a response holds while it streams: its endpoint's in-flight count
-/// and, on rate-limited routes, the client's concurrency slot.
+/// What a response holds while it streams: its endpoint's in-flight count,
+/// on rate-limited routes the client's concurrency slot, and the idle timer.
 #[derive(Debug)]
 pub struct InFlight {
     pub active: ActiveGuard,
     pub slot: Option<Slot>,
+    pub idle: std::time::Duration,
+    pub timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl InFlight {
+    pub fn new(active: ActiveGuard, slot: Option<Slot>, idle: std::time::Duration) -> Self {
+        InFlight {
+            active,
+            slot,
+            idle,
+            timer: None,
+        }
+    }
 }

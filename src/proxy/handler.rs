@@ -498,10 +498,7 @@ async fn forward(
                         client,
                         upstream,
                         route.settings.tunnel_timeout,
-                        super::body::InFlight {
-                            active: guard,
-                            slot,
-                        },
+                        super::body::InFlight::new(guard, slot, std::time::Duration::ZERO),
                     );
                 }
                 let (parts, _) = resp.into_parts();
@@ -532,10 +529,11 @@ async fn forward(
                     parts,
                     ProxyBody::Upstream(
                         body,
-                        Some(super::body::InFlight {
-                            active: guard,
+                        Some(super::body::InFlight::new(
+                            guard,
                             slot,
-                        }),
+                            route.settings.timeout,
+                        )),
                     ),
                 ),
                 Some(endpoint),

@@ -320,3 +320,39 @@ async fn request_ids_are_kept_or_made() {
     assert_eq!(kept.echoed("x-request-id"), Some("abc-123"));
     r.stop().await;
 }
+
+#[tokio::test]
+async fn an_upstream_silent_mid_body_is_cut_after_the_route_timeout() {
+    let up = Upstream::start("staller").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        route(
+            "default",
+            "r",
+            "2024-01-01T00:00:00Z",
+            "stall.example.com",
+            "",
+            "s",
+            &[("haproxy.router.openshift.io/timeout", "300ms")],
+            ""
+        )
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let req = http::Request::get(format!("http://{}/stall", r.http))
+        .header("host", "stall.example.com")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let start = std::time::Instant::now();
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .expect("the router cuts the stalled body instead of waiting");
+    assert!(body.is_err(), "a truncated body is an error for the client");
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    r.stop().await;
+}

@@ -166,6 +166,24 @@ async fn handle(
             .body(body)
             .unwrap());
     }
+    if path == "/stall" {
+        // Ten bytes of a promised hundred, then silence.
+        let stream = futures_util::stream::unfold(0u8, |step| async move {
+            if step == 0 {
+                Some((
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(b"0123456789"))),
+                    1,
+                ))
+            } else {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                None
+            }
+        });
+        return Ok(Response::builder()
+            .header("content-length", "100")
+            .body(http_body_util::StreamBody::new(stream).boxed())
+            .unwrap());
+    }
     if path == "/sink" {
         let mut body = req.into_body();
         let mut total = 0usize;
