@@ -461,15 +461,13 @@ fn settings(
                     Some(d) => d.clone(),
                     // Stable across replicas: derived from the route's identity.
                     None => {
-                        let d = aws_lc_rs::digest::digest(
-                            &aws_lc_rs::digest::SHA256,
-                            format!("{}/{}", a.route.metadata.ns(), a.route.metadata.name)
-                                .as_bytes(),
-                        );
-                        d.as_ref()[..16]
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect()
+                        // A name, not a secret: a cheap stable hash will do
+                        // (OpenShift uses md5 of the same identity).
+                        let ns = a.route.metadata.ns();
+                        let name = &a.route.metadata.name;
+                        let h1 = crate::model::ingress::fnv1a(&[ns, name]);
+                        let h2 = crate::model::ingress::fnv1a(&[name, ns]);
+                        format!("{h1:08x}{h2:08x}")
                     }
                 }
             }
