@@ -58,20 +58,8 @@ impl Upstream {
     /// The echo server behind TLS with `cert`/`key` (PEM), offering ALPN h2
     /// and http/1.1: a re-encrypt backend.
     pub async fn start_tls(name: &'static str, cert: &str, key: &str) -> Upstream {
-        let ck = gatehouse::tls::certs::certified_key(cert, key, None).unwrap();
-        let key = {
-            use rustls::pki_types::pem::PemObject;
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()
-        };
-        let mut cfg =
-            rustls::ServerConfig::builder_with_provider(gatehouse::tls::certs::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(ck.cert.clone(), key)
-                .unwrap();
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let cfg = tls_server_config(cert, key, &[b"h2", b"http/1.1"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -504,4 +492,24 @@ pub async fn counting_front(
         }
     });
     (addr, accepted)
+}
+
+/// A TLS server configuration for a test backend: `cert`/`key` PEM, ALPN
+/// protocols in preference order.
+pub fn tls_server_config(
+    cert: &str,
+    key: &str,
+    alpn: &[&[u8]],
+) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let ck = gatehouse::tls::certs::certified_key(cert, key, None).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(gatehouse::tls::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(ck.cert.clone(), key)
+        .unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    std::sync::Arc::new(cfg)
 }

@@ -219,21 +219,7 @@ async fn sni_picks_the_route_certificate_wildcards_and_the_default() {
     );
 
     // A route on the default certificate: served, but http/1.1 only.
-    let out = tokio::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "b.example.com",
-            "-alpn",
-            "h2,http/1.1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("openssl is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = s_client(addr, "b.example.com").await;
     assert!(
         text.contains("CN = b.example.com") || text.contains("CN=b.example.com"),
         "{text}"
@@ -291,21 +277,7 @@ async fn alpn_h2_for_own_certificates_http11_for_the_default() {
     assert!(body.contains("x-forwarded-proto: https"), "{body}");
 
     // Default certificate: only http/1.1 is offered (no coalescing).
-    let out = tokio::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            "-servername",
-            "d.example.com",
-            "-alpn",
-            "h2,http/1.1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = s_client(addr, "d.example.com").await;
     assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
     r.stop().await;
 }
@@ -313,18 +285,8 @@ async fn alpn_h2_for_own_certificates_http11_for_the_default() {
 /// An upstream that terminates TLS itself with `leaf` and answers HTTP/1.1
 /// with its name.
 async fn tls_upstream(leaf: &Leaf, name: &'static str) -> SocketAddr {
-    let ck = gatehouse::tls::certs::certified_key(&leaf.cert, &leaf.key, None).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(gatehouse::tls::certs::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            ck.cert.clone(),
-            rustls::pki_types::PrivateKeyDer::from_pem_slice_compat(&leaf.key),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(tls_server_config(&leaf.cert, &leaf.key, &[b"http/1.1"]));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -972,18 +934,11 @@ async fn websockets_through_reencrypt_to_a_backend_that_prefers_h2() {
     let site = front.leaf(&["wss.example.com"]);
     let backend = service_ca.leaf(&["ws.default.svc"]);
     // A TLS backend offering h2 first, speaking WebSocket over HTTP/1.1.
-    let ck = gatehouse::tls::certs::certified_key(&backend.cert, &backend.key, None).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(gatehouse::tls::certs::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            ck.cert.clone(),
-            rustls::pki_types::PrivateKeyDer::from_pem_slice_compat(&backend.key),
-        )
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config(
+        &backend.cert,
+        &backend.key,
+        &[b"h2", b"http/1.1"],
+    ));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -1040,4 +995,24 @@ async fn websockets_through_reencrypt_to_a_backend_that_prefers_h2() {
     let m = ws.next().await.unwrap().unwrap();
     assert_eq!(m.into_text().unwrap().as_str(), "over tls twice");
     r.stop().await;
+}
+
+/// `openssl s_client` against `addr` with SNI `name`, offering h2 and
+/// http/1.1: a real client's view of the handshake.
+async fn s_client(addr: SocketAddr, name: &str) -> String {
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            name,
+            "-alpn",
+            "h2,http/1.1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl is installed (.ci/run installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
