@@ -275,6 +275,9 @@ impl RouterConfig {
             },
             default_cookie_name: self.cookie_name.clone(),
             default_balance: self.balance,
+            // The manifests directory is written by the operator; the
+            // Kubernetes source will turn this off (tenants write slices).
+            allow_local_endpoints: true,
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn resolve(
     slices: &SliceIndex<'_>,
     service: &Key,
     port: Option<&IntOrString>,
+    allow_local: bool,
 ) -> Option<Resolved> {
     let svc = objs.services.get(service)?;
     if svc.spec.type_.as_deref() == Some("ExternalName") {
@@ -53,33 +54,41 @@ pub fn resolve(
     }
     let mut out = Resolved::default();
     let mut protocol = None;
-    let mut add =
-        |ips: &mut dyn Iterator<Item = &str>, ports: &[EndpointPort], out: &mut Resolved| {
-            let selected: Vec<&EndpointPort> = ports
-                .iter()
-                .filter(|p| port_selected(svc, p, port))
-                .collect();
-            for ip in ips {
-                let Ok(ip) = ip.parse::<IpAddr>() else {
-                    out.problems.push(format!(
-                        "endpoint address {ip:?} of service {} is not an IP; skipped",
+    let mut add = |ips: &mut dyn Iterator<Item = &str>,
+                   ports: &[EndpointPort],
+                   out: &mut Resolved| {
+        let selected: Vec<&EndpointPort> = ports
+            .iter()
+            .filter(|p| port_selected(svc, p, port))
+            .collect();
+        for ip in ips {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                out.problems.push(format!(
+                    "endpoint address {ip:?} of service {} is not an IP; skipped",
+                    service.1
+                ));
+                continue;
+            };
+            if !allow_local && is_node_local(ip) {
+                out.problems.push(format!(
+                        "endpoint address {ip} of service {} is loopback, link-local, multicast or a cloud metadata address; dropped",
                         service.1
                     ));
+                continue;
+            }
+            for p in &selected {
+                let Ok(num) = u16::try_from(p.port) else {
                     continue;
                 };
-                for p in &selected {
-                    let Ok(num) = u16::try_from(p.port) else {
-                        continue;
-                    };
-                    if num == 0 {
-                        continue;
-                    }
-                    protocol.get_or_insert_with(|| protocol_of(svc, p));
-                    out.endpoints
-                        .push(Endpoint::Socket(SocketAddr::new(ip, num)));
+                if num == 0 {
+                    continue;
                 }
+                protocol.get_or_insert_with(|| protocol_of(svc, p));
+                out.endpoints
+                    .push(Endpoint::Socket(SocketAddr::new(ip, num)));
             }
-        };
+        }
+    };
     match slices
         .by_service
         .get(&(service.0.as_str(), service.1.as_str()))
@@ -236,4 +245,30 @@ fn external_name(svc: &Service, want: Option<&IntOrString>) -> Resolved {
         },
     });
     out
+}
+
+/// Addresses a tenant's endpoints must never point at, as the OpenShift
+/// router's extended validation drops them: the node itself (loopback,
+/// unspecified), link-local (which holds most cloud metadata services),
+/// multicast, and the metadata addresses outside link-local.
+pub fn is_node_local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4 == std::net::Ipv4Addr::new(168, 63, 129, 16) // Azure wireserver
+                || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200) // Alibaba metadata
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+            // AWS IMDS
+        }
+    }
 }

@@ -44,6 +44,10 @@ pub struct CompileConfig {
     pub default_cookie_name: Option<String>,
     /// Balance for HTTP routes without the annotation (OpenShift: random).
     pub default_balance: Algorithm,
+    /// Keep endpoints on loopback, link-local, multicast and metadata
+    /// addresses. True for operator-written manifests (the demo and tests
+    /// use loopback); a tenant-facing source (`--kube`) must set it false.
+    pub allow_local_endpoints: bool,
 }
 
 impl Default for CompileConfig {
@@ -60,6 +64,7 @@ impl Default for CompileConfig {
             cookie_key: Arc::from(&b"gatehouse"[..]),
             default_cookie_name: None,
             default_balance: Algorithm::Random,
+            allow_local_endpoints: true,
         }
     }
 }
@@ -337,7 +342,13 @@ fn backend_set(
     let mut missing = Vec::new();
     let mut groups = Vec::with_capacity(targets.len());
     for t in targets {
-        match resolve(objs, slices, &t.service, t.port.as_ref()) {
+        match resolve(
+            objs,
+            slices,
+            &t.service,
+            t.port.as_ref(),
+            cfg.allow_local_endpoints,
+        ) {
             Some(Resolved {
                 endpoints,
                 protocol,

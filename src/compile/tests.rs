@@ -247,3 +247,25 @@ fn endpoint_update_keeps_the_other_services_of_a_route() {
         ["10.0.0.3:8080", "10.0.0.2:8080"]
     );
 }
+
+#[test]
+fn node_local_endpoints_are_dropped_when_the_source_is_untrusted() {
+    let o = objs(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: web}\nsubsets:\n- addresses: [{ip: 127.0.0.1}, {ip: 169.254.169.254}, {ip: 224.0.0.1}, {ip: 10.0.0.7}, {ip: '::ffff:127.0.0.1'}, {ip: 'fd00:ec2::254'}, {ip: 168.63.129.16}]\n  ports: [{name: http, port: 8080}]\n---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {name: r}\nspec: {host: l.example.com, to: {name: web}, port: {targetPort: http}}\n",
+    );
+    let trusted = compile(&o, &CompileConfig::default(), 1);
+    assert_eq!(eps(&trusted.table, "l.example.com", "/").len(), 7);
+    let cfg = CompileConfig {
+        allow_local_endpoints: false,
+        ..Default::default()
+    };
+    let c = compile(&o, &cfg, 1);
+    assert_eq!(eps(&c.table, "l.example.com", "/"), ["10.0.0.7:8080"]);
+    assert_eq!(
+        c.diagnostics
+            .iter()
+            .filter(|d| d.message.contains("dropped"))
+            .count(),
+        6
+    );
+}
