@@ -88,16 +88,7 @@ impl Drop for Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let up = Upstream::start("slow").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        format!(
-            "{}{}",
-            service("default", "s", &[up.port()]),
-            simple_route("default", "r", "d.example.com", "", "s")
-        ),
-    )
-    .unwrap();
+    let dir = manifests_dir("d.example.com", up.port());
     let mut p = Proc::start(dir.path(), &[]);
     let http = p.http;
     assert_eq!(
@@ -136,16 +127,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_with_flat_memory() {
     let up = Upstream::start("bulk").await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        format!(
-            "{}{}",
-            service("default", "s", &[up.port()]),
-            simple_route("default", "r", "bulk.example.com", "", "s")
-        ),
-    )
-    .unwrap();
+    let dir = manifests_dir("bulk.example.com", up.port());
     let p = Proc::start(dir.path(), &[]);
     // Warm up pools and buffers with a small round trip, then stream far
     // more than the allocator's slack: a router that buffered a body whole

@@ -449,19 +449,8 @@ pub async fn closing_upstream(
         while let Ok((mut s, _)) = l.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut have = 0;
-                loop {
-                    let Ok(n) = s.read(&mut buf[have..]).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    have += n;
-                    if buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -512,4 +501,37 @@ pub fn tls_server_config(
         .unwrap();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     std::sync::Arc::new(cfg)
+}
+
+/// Read until the end of an HTTP request head; false if the peer closed or
+/// failed first (for hand-written test upstreams).
+pub async fn read_request_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
+    let mut buf = vec![0u8; 8192];
+    let mut have = 0;
+    while have < buf.len() {
+        match s.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => have += n,
+        }
+        if buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+            return true;
+        }
+    }
+    false
+}
+
+/// A manifests directory with one Service (endpoint 127.0.0.1:`port`) and
+/// one Route for `host`.
+pub fn manifests_dir(host: &str, port: u16) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        format!(
+            "{}{}",
+            service("default", "s", &[port]),
+            simple_route("default", "r", host, "", "s")
+        ),
+    )
+    .unwrap();
+    dir
 }

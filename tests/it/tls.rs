@@ -296,19 +296,8 @@ async fn tls_upstream(leaf: &Leaf, name: &'static str) -> SocketAddr {
                 let Ok(mut tls) = acceptor.accept(s).await else {
                     return;
                 };
-                let mut buf = vec![0u8; 4096];
-                let mut have = 0;
-                loop {
-                    let Ok(n) = tls.read(&mut buf[have..]).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    have += n;
-                    if buf[..have].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
+                if !read_request_head(&mut tls).await {
+                    return;
                 }
                 let body = format!("name={name}\n");
                 let _ = tls
