@@ -408,11 +408,7 @@ impl Upstreams {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| ConnectError {
-                endpoint: endpoint.to_string(),
-                source: io::Error::other(e),
-                tls: false,
-            })?;
+            .map_err(|e| handshake_error(endpoint, e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended with an error");
@@ -430,11 +426,7 @@ impl Upstreams {
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| ConnectError {
-                endpoint: endpoint.to_string(),
-                source: io::Error::other(e),
-                tls: false,
-            })?;
+            .map_err(|e| handshake_error(endpoint, e))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!(error = %e, "upstream h2 connection ended with an error");
@@ -454,6 +446,15 @@ impl Upstreams {
 fn hyper_error_from(original: hyper::Error, connect: ConnectError) -> hyper::Error {
     debug!(error = %connect, "reconnect after a stale pooled connection failed");
     original
+}
+
+/// The HTTP handshake on a fresh connection failed.
+fn handshake_error(endpoint: &Endpoint, e: hyper::Error) -> ConnectError {
+    ConnectError {
+        endpoint: endpoint.to_string(),
+        source: io::Error::other(e),
+        tls: false,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
