@@ -30,6 +30,8 @@ pub struct Running {
     pub store: Arc<TableStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Kept alive while the router runs (dropping it stops the watchers).
+    source: Option<crate::source::kube::KubeSource>,
 }
 
 impl Running {
@@ -48,17 +50,60 @@ const COALESCE: Duration = Duration::from_millis(10);
 
 /// Start the router: load the source, publish the first table, bind.
 pub async fn start(cfg: RouterConfig) -> anyhow::Result<Running> {
-    let dir = cfg.manifests.clone().context(
-        "no source: pass --manifests DIR (or --kube, which arrives with the Kubernetes source)",
-    )?;
+    if cfg.kube.enabled {
+        return start_kube(cfg).await;
+    }
+    let dir = cfg
+        .manifests
+        .clone()
+        .context("no source: pass --manifests DIR or --kube")?;
     let objects = manifests::spawn_watch(ManifestsDir::new(dir));
     start_with_source(cfg, objects).await
+}
+
+/// `--kube`: watch the API server, and write route status back.
+async fn start_kube(cfg: RouterConfig) -> anyhow::Result<Running> {
+    use crate::source::{kube, kube_status};
+    cfg.shard().map_err(anyhow::Error::msg)?;
+    let client = kube::client(cfg.kube.kubeconfig.as_deref()).await?;
+    let source = kube::spawn(
+        client.clone(),
+        kube::KubeOptions {
+            route_selector: cfg.route_selector.clone(),
+        },
+    )
+    .await;
+    let status = cfg.kube.write_status.then(|| kube_status::StatusConfig {
+        router_name: cfg.router_name.clone(),
+        canonical_hostname: cfg.kube.canonical_hostname.clone(),
+        ingress_addresses: cfg.kube.ingress_status.clone(),
+    });
+    let mut running = start_inner(cfg, source.objects.clone(), Some(source.health.clone())).await?;
+    if let Some(status) = status {
+        running.tasks.push(tokio::spawn(kube_status::run(
+            client,
+            running.store.clone(),
+            source.observations.clone(),
+            status,
+            running.shutdown.subscribe(),
+        )));
+    }
+    running.source = Some(source);
+    Ok(running)
 }
 
 /// Start with any source that publishes `Objects` snapshots.
 pub async fn start_with_source(
     cfg: RouterConfig,
     objects: watch::Receiver<Arc<Objects>>,
+) -> anyhow::Result<Running> {
+    start_inner(cfg, objects, None).await
+}
+
+async fn start_inner(
+    cfg: RouterConfig,
+    objects: watch::Receiver<Arc<Objects>>,
+    source_health: Option<Arc<crate::source::kube::SourceHealth>>,
 ) -> anyhow::Result<Running> {
     let store = Arc::new(TableStore::new());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -165,6 +210,7 @@ pub async fn start_with_source(
             store: store.clone(),
             router_name: cfg.router_name.clone(),
             token: admin_token,
+            source: source_health,
         };
         tasks.push(tokio::spawn(admin::serve(l, state, shutdown_rx.clone())));
     }
@@ -182,6 +228,7 @@ pub async fn start_with_source(
         store,
         shutdown,
         tasks,
+        source: None,
     })
 }
 
@@ -240,6 +287,9 @@ async fn compile_loop(
         // Log each problem once, not on every recompile.
         let now: HashSet<_> = compiled.diagnostics.iter().cloned().collect();
         for d in now.difference(&logged) {
+            if d.message.contains("cloud metadata address; dropped") {
+                compile::DROPPED_LOCAL_ENDPOINTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             let file = current.origins.get(&d.object).map(|f| &**f).unwrap_or("");
             warn!(object = %d.object, file, problem = %d.message, "route problem");
         }

@@ -4,6 +4,7 @@
 use crate::compile::CompileConfig;
 use crate::model::admission::AdmissionPolicy;
 use crate::model::duration;
+use crate::model::selector::{Selector, Shard};
 use crate::table::ForwardedPolicy;
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
@@ -45,6 +46,49 @@ pub struct RouterConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Tokio worker threads (default: one per core).
     pub worker_threads: Option<usize>,
+    /// ROUTE_LABELS: serve only routes (and Ingresses) with matching labels.
+    pub route_selector: String,
+    /// NAMESPACE_LABELS: serve only routes in namespaces with matching labels.
+    pub namespace_selector: String,
+    /// IngressClass `spec.controller` this router answers to (besides
+    /// OpenShift's `openshift.io/ingress-to-route`).
+    pub ingress_controller: String,
+    /// The Kubernetes API source (`--kube`).
+    pub kube: KubeSettings,
+}
+
+/// `--kube` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeSettings {
+    /// Read from the API server (the `--kube` flag).
+    pub enabled: bool,
+    /// Kubeconfig file; without one: KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Keep endpoints on loopback, link-local, multicast and cloud metadata
+    /// addresses. Off: a tenant must not be able to point a route at the node.
+    pub allow_local_endpoints: bool,
+    /// Write this router's entry in Route `status.ingress[]`.
+    pub write_status: bool,
+    /// `routerCanonicalHostname` in route status (ROUTER_CANONICAL_HOSTNAME).
+    pub canonical_hostname: Option<String>,
+    /// Addresses (IPs or host names) written to the `status.loadBalancer` of
+    /// the Ingresses this router serves: the F5/keepalived VIP.
+    pub ingress_status: Vec<String>,
+}
+
+impl Default for KubeSettings {
+    fn default() -> Self {
+        KubeSettings {
+            enabled: false,
+            kubeconfig: None,
+            allow_local_endpoints: false,
+            write_status: true,
+            canonical_hostname: None,
+            ingress_status: Vec::new(),
+        }
+    }
 }
 
 impl Default for RouterConfig {
@@ -69,6 +113,10 @@ impl Default for RouterConfig {
             access_log: AccessLogMode::Json,
             admin_token_file: None,
             worker_threads: None,
+            route_selector: String::new(),
+            namespace_selector: String::new(),
+            ingress_controller: crate::model::ingress::DEFAULT_CONTROLLER.to_owned(),
+            kube: KubeSettings::default(),
         }
     }
 }
@@ -234,6 +282,7 @@ impl RouterConfig {
             &mut cfg.tls.default_certificate,
             &mut cfg.tls.default_destination_ca,
             &mut cfg.tls.client_ca,
+            &mut cfg.kube.kubeconfig,
         ]
         .into_iter()
         .flatten()
@@ -245,9 +294,27 @@ impl RouterConfig {
         Ok(cfg)
     }
 
-    /// What compile needs from this.
+    /// The shard the selectors define; an unparsable selector is an error
+    /// (a shard that silently served every route would expose what it must
+    /// not).
+    pub fn shard(&self) -> Result<Shard, String> {
+        Ok(Shard {
+            routes: Selector::parse(&self.route_selector)
+                .map_err(|e| format!("route selector: {e}"))?,
+            namespaces: Selector::parse(&self.namespace_selector)
+                .map_err(|e| format!("namespace selector: {e}"))?,
+        })
+    }
+
+    /// What compile needs from this. Selectors must have been checked with
+    /// [`RouterConfig::shard`]; here an invalid one selects nothing.
     pub fn compile_config(&self) -> CompileConfig {
         CompileConfig {
+            shard: self.shard().unwrap_or_else(|_| Shard {
+                routes: Selector::parse("gatehouse.invalid/never").unwrap_or_default(),
+                namespaces: Selector::default(),
+            }),
+            ingress_controller: self.ingress_controller.clone(),
             admission: AdmissionPolicy {
                 allow_wildcard_routes: self.allow_wildcard_routes,
                 route_subdomain: self.route_subdomain.clone(),
@@ -275,9 +342,9 @@ impl RouterConfig {
             },
             default_cookie_name: self.cookie_name.clone(),
             default_balance: self.balance,
-            // The manifests directory is written by the operator; the
-            // Kubernetes source will turn this off (tenants write slices).
-            allow_local_endpoints: true,
+            // The manifests directory is written by the operator; in the
+            // cluster tenants write EndpointSlices.
+            allow_local_endpoints: !self.kube.enabled || self.kube.allow_local_endpoints,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The `gatehouse` command line.
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gatehouse::config::{AccessLogMode, RouterConfig};
 use gatehouse::source::manifests::ManifestsDir;
@@ -56,6 +56,10 @@ struct RunArgs {
     /// Read objects from the Kubernetes API server.
     #[arg(long)]
     kube: bool,
+    /// Kubeconfig for --kube (default: KUBECONFIG, ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long, requires = "kube")]
+    kubeconfig: Option<PathBuf>,
     /// Plain HTTP listener, e.g. 0.0.0.0:80.
     #[arg(long)]
     http: Option<SocketAddr>,
@@ -174,18 +178,20 @@ fn load_run_config(a: RunArgs) -> anyhow::Result<RouterConfig> {
         None => RouterConfig::default(),
     };
     if a.kube {
-        bail!(
-            "--kube: the Kubernetes source is not built yet in this version; use --manifests DIR"
-        );
+        cfg.kube.enabled = true;
+        cfg.manifests = None;
+    }
+    if let Some(k) = a.kubeconfig {
+        cfg.kube.kubeconfig = Some(k);
+    }
+    if let Some(s) = a.route_selector {
+        cfg.route_selector = s;
+    }
+    if let Some(s) = a.namespace_selector {
+        cfg.namespace_selector = s;
     }
     // A shard that silently served every route would expose what it must not.
-    if a.route_selector.as_deref().is_some_and(|s| !s.is_empty())
-        || a.namespace_selector
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
-    {
-        bail!("route/namespace selectors are not supported yet in this version; refusing to serve every route");
-    }
+    cfg.shard().map_err(anyhow::Error::msg)?;
     if let Some(m) = a.manifests {
         cfg.manifests = Some(m);
     }

@@ -22,6 +22,8 @@ pub struct AdminState {
     pub router_name: String,
     /// Bearer token required for everything but health (`--admin-token-file`).
     pub token: Option<Arc<str>>,
+    /// The Kubernetes source's health (`--kube`).
+    pub source: Option<Arc<crate::source::kube::SourceHealth>>,
 }
 
 /// Health endpoints stay open (kubelet and load balancers probe them), and
@@ -249,7 +251,53 @@ fn metrics(state: &AdminState) -> String {
             );
         }
     }
+    if let Some(h) = &state.source {
+        source_metrics(&mut out, h);
+    }
+    let _ = write!(
+        out,
+        "# HELP gatehouse_endpoints_dropped_total Endpoint addresses dropped because they are loopback, link-local, multicast or cloud metadata addresses (untrusted sources only).\n\
+         # TYPE gatehouse_endpoints_dropped_total counter\n\
+         gatehouse_endpoints_dropped_total {}\n",
+        crate::compile::DROPPED_LOCAL_ENDPOINTS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     out
+}
+
+fn source_metrics(out: &mut String, h: &crate::source::kube::SourceHealth) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = write!(
+        out,
+        "# HELP gatehouse_source_synced 1 once every kind has been listed from the API server.\n\
+         # TYPE gatehouse_source_synced gauge\n\
+         gatehouse_source_synced {}\n\
+         # HELP gatehouse_source_stale 1 while a watch cannot reach the API server: the table is the last complete one.\n\
+         # TYPE gatehouse_source_stale gauge\n\
+         gatehouse_source_stale {}\n\
+         # HELP gatehouse_source_watch_errors_total Watch errors (each retried with back-off).\n\
+         # TYPE gatehouse_source_watch_errors_total counter\n\
+         gatehouse_source_watch_errors_total {}\n\
+         # HELP gatehouse_source_relists_total Lists after the first (410 Gone, reconnects).\n\
+         # TYPE gatehouse_source_relists_total counter\n\
+         gatehouse_source_relists_total {}\n\
+         # HELP gatehouse_source_rejected_objects_total Objects from the API server that could not be decoded.\n\
+         # TYPE gatehouse_source_rejected_objects_total counter\n\
+         gatehouse_source_rejected_objects_total {}\n\
+         # HELP gatehouse_source_last_event_timestamp_seconds Unix time of the last event from the API server.\n\
+         # TYPE gatehouse_source_last_event_timestamp_seconds gauge\n\
+         gatehouse_source_last_event_timestamp_seconds {}\n\
+         # HELP gatehouse_source_initial_sync_seconds Time from start to the first complete view.\n\
+         # TYPE gatehouse_source_initial_sync_seconds gauge\n\
+         gatehouse_source_initial_sync_seconds {}\n",
+        u8::from(h.synced.load(Relaxed)),
+        u8::from(h.stale.load(Relaxed)),
+        h.errors.load(Relaxed),
+        h.relists.load(Relaxed),
+        h.rejected_objects.load(Relaxed),
+        h.last_event.load(Relaxed),
+        h.initial_sync_ms.load(Relaxed) as f64 / 1000.0,
+    );
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.

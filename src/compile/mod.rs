@@ -10,6 +10,7 @@ pub mod tls;
 use crate::model::admission::{
     self, Admission, AdmissionPolicy, Candidate, InsecurePolicy, Reason, Termination,
 };
+use crate::model::selector::Shard;
 use crate::model::{duration, ingress, Key, Objects};
 use crate::table::{
     Algorithm, BackendGroup, BackendSet, CookieSpec, ForwardedPolicy, HostRef, HostRoutes,
@@ -48,6 +49,10 @@ pub struct CompileConfig {
     /// addresses. True for operator-written manifests (the demo and tests
     /// use loopback); a tenant-facing source (`--kube`) must set it false.
     pub allow_local_endpoints: bool,
+    /// Which routes this router serves (route and namespace selectors).
+    pub shard: Shard,
+    /// IngressClass controller name this router answers to.
+    pub ingress_controller: String,
 }
 
 impl Default for CompileConfig {
@@ -65,9 +70,16 @@ impl Default for CompileConfig {
             default_cookie_name: None,
             default_balance: Algorithm::Random,
             allow_local_endpoints: true,
+            shard: Shard::default(),
+            ingress_controller: ingress::DEFAULT_CONTROLLER.to_owned(),
         }
     }
 }
+
+/// Endpoint addresses dropped as node-local (loopback, link-local, multicast,
+/// metadata), counted once per new diagnostic by the compile loop.
+pub static DROPPED_LOCAL_ENDPOINTS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// Something worth one log line: which object, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,16 +113,38 @@ const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(5000);
 const ANN_HSTS: &str = "haproxy.router.openshift.io/hsts_header";
 const ANN_FORWARDED: &str = "haproxy.router.openshift.io/set-forwarded-headers";
 
-/// Every candidate route of `objs`: Routes plus those derived from Ingresses.
-pub fn candidates(objs: &Objects) -> Vec<Candidate> {
-    let mut c: Vec<Candidate> = objs.routes.values().cloned().map(Candidate::of).collect();
-    c.extend(ingress::candidates(objs));
+/// Every candidate route of `objs` in this router's shard: Routes plus those
+/// derived from Ingresses. Routes outside the shard do not exist for this
+/// router (no status, no host claims), as with OpenShift's ROUTE_LABELS and
+/// NAMESPACE_LABELS.
+pub fn candidates(objs: &Objects, cfg: &CompileConfig) -> Vec<Candidate> {
+    let mut c: Vec<Candidate> = objs
+        .routes
+        .values()
+        .filter(|r| in_shard(objs, &cfg.shard, &r.metadata))
+        .cloned()
+        .map(Candidate::of)
+        .collect();
+    c.extend(
+        ingress::candidates(objs, &cfg.ingress_controller)
+            .into_iter()
+            .filter(|c| in_shard(objs, &cfg.shard, &c.route.metadata)),
+    );
     c
+}
+
+/// Whether the shard selects an object by its labels and its namespace's.
+pub fn in_shard(objs: &Objects, shard: &Shard, meta: &crate::model::ObjectMeta) -> bool {
+    if shard.is_everything() {
+        return true;
+    }
+    let ns = Objects::get(&objs.namespaces, "", meta.ns()).map(|n| &n.metadata.labels);
+    shard.selects(&meta.labels, ns)
 }
 
 /// Build the whole table.
 pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled {
-    let candidates = candidates(objs);
+    let candidates = candidates(objs, cfg);
     let certs = tls::CertPass::new(&cfg.cert_cache);
     let Admission {
         admitted,

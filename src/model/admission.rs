@@ -97,6 +97,10 @@ pub struct RouteStatus {
     pub admitted: bool,
     pub reason: Option<Reason>,
     pub message: Option<String>,
+    /// The Ingress this route was derived from (its status is the Ingress's
+    /// `loadBalancer`, not a Route status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<String>,
 }
 
 /// Router-wide admission settings (ROUTER_* in OpenShift).
@@ -151,6 +155,7 @@ pub fn admit_with(
             admitted: false,
             reason: None,
             message: None,
+            ingress: c.from_ingress.clone(),
         };
         let checked = validate(c, policy).and_then(|a| match extended(c) {
             Ok(()) => Ok(a),

@@ -8,18 +8,19 @@ use super::objects::*;
 use super::store::Objects;
 use std::sync::Arc;
 
-/// IngressClass controllers whose Ingresses this router serves.
-pub const CONTROLLERS: [&str; 2] = [
-    "openshift.io/ingress-to-route",
-    "gatehouse.io/ingress-controller",
-];
+/// The IngressClass controller name gatehouse answers to by default.
+pub const DEFAULT_CONTROLLER: &str = "gatehouse.io/ingress-controller";
+/// OpenShift's ingress-to-route controller: Ingresses of its classes are
+/// served too, so clusters moving from the OpenShift router need no change.
+pub const OPENSHIFT_CONTROLLER: &str = "openshift.io/ingress-to-route";
+const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 
 /// Routes derived from every Ingress this router serves. Ingresses of other
 /// classes are skipped silently: they belong to another controller.
-pub fn candidates(objs: &Objects) -> Vec<Candidate> {
+pub fn candidates(objs: &Objects, controller: &str) -> Vec<Candidate> {
     let mut out = Vec::new();
     for ((ns, _), ing) in &objs.ingresses {
-        if !is_ours(ing, objs) {
+        if !is_ours(ing, objs, controller) {
             continue;
         }
         for rule in &ing.spec.rules {
@@ -50,13 +51,33 @@ pub fn candidates(objs: &Objects) -> Vec<Candidate> {
     out
 }
 
-fn is_ours(ing: &Ingress, objs: &Objects) -> bool {
+/// Whether this router serves an Ingress: its class (`ingressClassName`, or
+/// the legacy annotation naming a class) is handled by our controller; an
+/// Ingress without a class is ours when our class is the cluster default, or
+/// when no class is marked default at all.
+pub fn is_ours(ing: &Ingress, objs: &Objects, controller: &str) -> bool {
+    let ours = |c: &IngressClass| {
+        c.spec.controller == controller || c.spec.controller == OPENSHIFT_CONTROLLER
+    };
     let legacy = ing.metadata.annotations.get("kubernetes.io/ingress.class");
     match (ing.spec.ingress_class_name.as_deref(), legacy) {
-        (Some(class), _) => Objects::get(&objs.ingress_classes, "", class)
-            .is_some_and(|c| CONTROLLERS.contains(&c.spec.controller.as_str())),
-        (None, Some(l)) => matches!(l.as_str(), "openshift-default" | "gatehouse" | ""),
-        (None, None) => true,
+        (Some(class), _) => Objects::get(&objs.ingress_classes, "", class).is_some_and(|c| ours(c)),
+        (None, Some(l)) if !l.is_empty() => {
+            matches!(l.as_str(), "openshift-default" | "gatehouse")
+                || Objects::get(&objs.ingress_classes, "", l).is_some_and(|c| ours(c))
+        }
+        _ => {
+            let mut defaults = objs.ingress_classes.values().filter(|c| {
+                c.metadata
+                    .annotations
+                    .get(DEFAULT_CLASS_ANNOTATION)
+                    .is_some_and(|v| v == "true")
+            });
+            match defaults.next() {
+                None => true,
+                Some(first) => ours(first) || defaults.any(|c| ours(c)),
+            }
+        }
     }
 }
 
@@ -228,7 +249,7 @@ spec:
   rules: [{host: x.example.com, http: {paths: [{backend: {service: {name: web, port: {number: 80}}}}]}}]
 "#,
         );
-        let c = candidates(&o);
+        let c = candidates(&o, DEFAULT_CONTROLLER);
         assert_eq!(c.len(), 4);
         let r0 = &c[0].route;
         assert_eq!(r0.spec.host.as_deref(), Some("www.example.com"));

@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod ipnet;
 pub mod objects;
 pub mod parse;
+pub mod selector;
 pub mod store;
 
 pub use objects::*;

@@ -93,6 +93,21 @@ pub fn parse_text(text: &str, json: bool) -> (Vec<Object>, Vec<DocError>) {
     (objects, errors)
 }
 
+/// One object from an already-decoded value (the API server's JSON).
+pub fn object_from_value(v: serde_json::Value) -> Result<Object, DocError> {
+    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    from_value(v, 1, &mut out, &mut errors);
+    match (out.pop(), errors.pop()) {
+        (_, Some(e)) => Err(e),
+        (Some(o), None) => Ok(o),
+        (None, None) => Err(DocError {
+            doc: 1,
+            object: None,
+            reason: "empty object".into(),
+        }),
+    }
+}
+
 fn from_value(v: serde_json::Value, doc: usize, out: &mut Vec<Object>, errors: &mut Vec<DocError>) {
     if v.is_null() {
         return; // an empty document between separators

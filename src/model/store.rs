@@ -69,6 +69,75 @@ impl Objects {
         }
     }
 
+    /// Remove one object of a kind (`Object::kind()` names); true if it was
+    /// there.
+    pub fn remove(&mut self, kind: &str, key: &Key) -> bool {
+        self.origins.remove(&format!("{kind} {}/{}", key.0, key.1));
+        match kind {
+            "Route" => self.routes.remove(key).is_some(),
+            "Service" => self.services.remove(key).is_some(),
+            "Endpoints" => self.endpoints.remove(key).is_some(),
+            "EndpointSlice" => self.endpoint_slices.remove(key).is_some(),
+            "Ingress" => self.ingresses.remove(key).is_some(),
+            "IngressClass" => self.ingress_classes.remove(key).is_some(),
+            "Namespace" => self.namespaces.remove(key).is_some(),
+            "Secret" => self.secrets.remove(key).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Keep only the objects of a kind whose key passes `keep`.
+    pub fn retain(&mut self, kind: &str, mut keep: impl FnMut(&Key) -> bool) {
+        match kind {
+            "Route" => self.routes.retain(|k, _| keep(k)),
+            "Service" => self.services.retain(|k, _| keep(k)),
+            "Endpoints" => self.endpoints.retain(|k, _| keep(k)),
+            "EndpointSlice" => self.endpoint_slices.retain(|k, _| keep(k)),
+            "Ingress" => self.ingresses.retain(|k, _| keep(k)),
+            "IngressClass" => self.ingress_classes.retain(|k, _| keep(k)),
+            "Namespace" => self.namespaces.retain(|k, _| keep(k)),
+            "Secret" => self.secrets.retain(|k, _| keep(k)),
+            _ => {}
+        }
+    }
+
+    /// Insert unless an equal object is already there (then the old `Arc`
+    /// stays, so `change_from` sees no change by pointer). True if inserted.
+    pub fn insert_if_changed(&mut self, obj: Object) -> bool {
+        fn put<T: PartialEq>(m: &mut Kind<T>, key: Key, v: T) -> bool {
+            if m.get(&key).is_some_and(|old| **old == v) {
+                return false;
+            }
+            m.insert(key, Arc::new(v));
+            true
+        }
+        let key = Self::key_of(&obj);
+        match obj {
+            Object::Route(o) => put(&mut self.routes, key, o),
+            Object::Service(o) => put(&mut self.services, key, o),
+            Object::Endpoints(o) => put(&mut self.endpoints, key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Object::Ingress(o) => put(&mut self.ingresses, key, o),
+            Object::IngressClass(o) => put(&mut self.ingress_classes, key, o),
+            Object::Namespace(o) => put(&mut self.namespaces, key, o),
+            Object::Secret(o) => put(&mut self.secrets, key, o),
+        }
+    }
+
+    /// The store key of an object: cluster-scoped kinds have no namespace.
+    pub fn key_of(obj: &Object) -> Key {
+        let m = obj.meta();
+        let cluster_scoped = matches!(obj, Object::Namespace(_) | Object::IngressClass(_));
+        (
+            if cluster_scoped {
+                String::new()
+            } else {
+                m.ns().to_owned()
+            },
+            m.name.clone(),
+        )
+    }
+
     /// Look up by namespace and name without building a key per call site.
     pub fn get<'a, T>(m: &'a Kind<T>, ns: &str, name: &str) -> Option<&'a Arc<T>> {
         m.get(&(ns.to_owned(), name.to_owned()))

@@ -469,9 +469,8 @@ async fn rate_limits_and_pod_concurrent_connections() {
 
     // One request at a time per endpoint. A short request in flight: the
     // next one waits in line (well under the 1 s queue limit) and is served.
-    let first = tokio::spawn(async move {
-        get(http, "pod.example.com", "/delay/300", &[]).await.status
-    });
+    let first =
+        tokio::spawn(async move { get(http, "pod.example.com", "/delay/300", &[]).await.status });
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         r.get("pod.example.com", "/").await.status,
@@ -483,7 +482,9 @@ async fn rate_limits_and_pod_concurrent_connections() {
     // queue allows and gets 503 (the margins are wide so a loaded machine
     // cannot flip the outcome).
     let long = tokio::spawn(async move {
-        get(http, "pod.example.com", "/delay/2500", &[]).await.status
+        get(http, "pod.example.com", "/delay/2500", &[])
+            .await
+            .status
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
