@@ -4,6 +4,9 @@
 #   scripts/kube-testenv.sh build        build etcd + kube-apiserver into the cache (skipped if present)
 #   scripts/kube-testenv.sh start DIR    start both on 127.0.0.1, write DIR/kubeconfig + DIR/pids, print kubeconfig path
 #   scripts/kube-testenv.sh stop DIR     kill both, remove etcd data and everything written to DIR
+#   scripts/kube-testenv.sh restart-apiserver DIR [SECONDS]
+#                                        kill kube-apiserver, wait SECONDS (default 0), start it again
+#                                        on the same port and etcd (an API server outage for tests)
 #
 # Environment:
 #   GATEHOUSE_KUBE_VERSION   Kubernetes version   (default v1.37.2; needs go >= its go.mod `go` line)
@@ -11,6 +14,7 @@
 #   GATEHOUSE_KUBE_CACHE     cache root           (default $HOME/.cache/gatehouse-kube)
 #   GATEHOUSE_KUBE_BIN       use binaries from this dir instead of the cache
 #   GATEHOUSE_KUBE_TIMEOUT   seconds to wait for /readyz (default 60)
+#   GATEHOUSE_KUBE_OWNER_PID stop the environment by itself when this process exits (test runs)
 # Binaries are built from the Go module proxy; GOMODCACHE/GOCACHE keep their defaults so they are reused.
 set -euo pipefail
 
@@ -106,6 +110,50 @@ cmd_build() {
 
 # ---------------------------------------------------------------------------- start/stop
 
+# start kube-apiserver on the ports recorded in DIR/ports; its pid becomes line 2 of DIR/pids
+start_apiserver() {
+  local dir=$1 ep ap
+  ep=$(sed -n 's/.*etcd_client=\([0-9]*\).*/\1/p' "$dir/ports")
+  ap=$(sed -n 's/.*apiserver=\([0-9]*\).*/\1/p' "$dir/ports")
+  "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ep" \
+    --advertise-address=127.0.0.1 --bind-address=127.0.0.1 --secure-port="$ap" \
+    --endpoint-reconciler-type=none \
+    --cert-dir="$dir/certs" \
+    --token-auth-file="$dir/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-account-issuer="https://127.0.0.1:$ap/" \
+    --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
+    --disable-admission-plugins=ServiceAccount --allow-privileged=true \
+    </dev/null >>"$dir/kube-apiserver.log" 2>&1 &
+  local apid=$!
+  { head -1 "$dir/pids"; echo "$apid"; } >"$dir/pids.new" && mv "$dir/pids.new" "$dir/pids"
+}
+
+wait_apiserver() {
+  local dir=$1 ap apid url timeout deadline
+  ap=$(sed -n 's/.*apiserver=\([0-9]*\).*/\1/p' "$dir/ports")
+  apid=$(sed -n 2p "$dir/pids")
+  url="https://127.0.0.1:$ap" timeout=${GATEHOUSE_KUBE_TIMEOUT:-60}
+  deadline=$(( $(date +%s) + timeout ))
+  until [ "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$url/readyz" 2>/dev/null)" = 200 ]; do
+    [ -d "/proc/$apid" ] || die "kube-apiserver exited"
+    [ "$(date +%s)" -lt "$deadline" ] || die "kube-apiserver not ready after ${timeout}s"
+    sleep 0.2
+  done
+}
+
+cmd_restart_apiserver() {
+  local dir=${1:?usage: restart-apiserver DIR [SECONDS]} pause=${2:-0}
+  [ -f "$dir/pids" ] || die "$dir/pids missing"
+  kill_ours "$(sed -n 2p "$dir/pids")"
+  sleep "$pause"
+  start_apiserver "$dir"
+  wait_apiserver "$dir"
+  log "kube-apiserver restarted"
+}
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 TAKEN=" "
 free_port() {
@@ -184,28 +232,10 @@ cmd_start() {
     sleep 0.1
   done
 
-  "$BIN/kube-apiserver" \
-    --etcd-servers="http://127.0.0.1:$ep" \
-    --advertise-address=127.0.0.1 --bind-address=127.0.0.1 --secure-port="$ap" \
-    --endpoint-reconciler-type=none \
-    --cert-dir="$dir/certs" \
-    --token-auth-file="$dir/tokens.csv" \
-    --authorization-mode=RBAC \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --service-account-issuer="https://127.0.0.1:$ap/" \
-    --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
-    --disable-admission-plugins=ServiceAccount --allow-privileged=true \
-    </dev/null >"$dir/kube-apiserver.log" 2>&1 &
-  echo $! >>"$dir/pids"
-  local apid=$!
-
-  local url="https://127.0.0.1:$ap" timeout=${GATEHOUSE_KUBE_TIMEOUT:-60} deadline
-  deadline=$(( $(date +%s) + timeout ))
-  until [ "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$url/readyz" 2>/dev/null)" = 200 ]; do
-    [ -d "/proc/$apid" ] || die "kube-apiserver exited"
-    [ "$(date +%s)" -lt "$deadline" ] || die "kube-apiserver not ready after ${timeout}s"
-    sleep 0.2
-  done
+  start_apiserver "$dir"
+  wait_apiserver "$dir"
+  local url="https://127.0.0.1:$ap" deadline
+  deadline=$(( $(date +%s) + ${GATEHOUSE_KUBE_TIMEOUT:-60} ))
   local t1; t1=$(date +%s.%N)
   until [ "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$url/api/v1/namespaces/default" 2>/dev/null)" = 200 ]; do
     [ "$(date +%s)" -lt "$deadline" ] || die "namespace default not created after ${timeout}s"
@@ -237,6 +267,12 @@ contexts:
 current-context: gatehouse-testenv
 EOF
   trap - EXIT
+  if [ -n "${GATEHOUSE_KUBE_OWNER_PID:-}" ]; then
+    # detached watchdog: when the test process is gone, so is the environment
+    local owner=$GATEHOUSE_KUBE_OWNER_PID self=$0
+    nohup bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' _ "$owner" "$self" "$dir" \
+      </dev/null >/dev/null 2>&1 &
+  fi
   log "ready in $(echo "$t1 - $t0" | bc 2>/dev/null || echo "?") s (apiserver $url, etcd http://127.0.0.1:$ep)"
   echo "$dir/kubeconfig"
 }
@@ -245,5 +281,6 @@ case ${1:-} in
   build) cmd_build ;;
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
-  *) echo "usage: $0 build | start DIR | stop DIR" >&2; exit 2 ;;
+  restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
+  *) echo "usage: $0 build | start DIR | stop DIR | restart-apiserver DIR [SECONDS]" >&2; exit 2 ;;
 esac

@@ -153,11 +153,16 @@ async fn start_inner(
         None => None,
     };
 
+    // The manifests source's first value is the directory's contents; the
+    // Kubernetes source's first value is a placeholder until every kind is
+    // listed, and must not become a (ready, empty) table.
+    let wait_for_first = source_health.is_some();
     tasks.push(tokio::spawn(compile_loop(
         objects,
         store.clone(),
         compile_cfg,
         shutdown_rx.clone(),
+        wait_for_first,
     )));
     // Routes are served only once the first table is live (/readyz says so).
     let mut gen = store.subscribe();
@@ -239,12 +244,15 @@ async fn compile_loop(
     store: Arc<TableStore>,
     cfg: CompileConfig,
     mut shutdown: watch::Receiver<bool>,
+    wait_for_first: bool,
 ) {
     let cfg = Arc::new(cfg);
     let mut prev: Option<Arc<Objects>> = None;
     let mut generation = 0u64;
     let mut logged: HashSet<compile::Diagnostic> = HashSet::new();
-    objects.mark_changed();
+    if !wait_for_first {
+        objects.mark_changed();
+    }
     loop {
         tokio::select! {
             r = objects.changed() => if r.is_err() { return },

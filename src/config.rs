@@ -39,6 +39,8 @@ pub struct RouterConfig {
     /// Key for sticky-cookie values. Give every replica the same key so they
     /// make the same choices; without one a random key is made at start.
     pub cookie_key: Option<String>,
+    /// File holding the cookie key (a mounted Secret); read at start.
+    pub cookie_key_file: Option<PathBuf>,
     pub health: HealthSettings,
     pub timeouts: Timeouts,
     pub tls: TlsSettings,
@@ -107,6 +109,7 @@ impl Default for RouterConfig {
             balance: crate::table::Algorithm::Random,
             cookie_name: None,
             cookie_key: None,
+            cookie_key_file: None,
             health: HealthSettings::default(),
             timeouts: Timeouts::default(),
             tls: TlsSettings::default(),
@@ -283,6 +286,7 @@ impl RouterConfig {
             &mut cfg.tls.default_destination_ca,
             &mut cfg.tls.client_ca,
             &mut cfg.kube.kubeconfig,
+            &mut cfg.cookie_key_file,
         ]
         .into_iter()
         .flatten()
@@ -290,6 +294,13 @@ impl RouterConfig {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(p) = &cfg.cookie_key_file {
+            let k = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            cfg.cookie_key = Some(k.trim().to_owned());
         }
         Ok(cfg)
     }

@@ -39,8 +39,19 @@ impl Upstream {
         Self::start_with(name, true).await
     }
 
+    /// The echo server on all addresses (reachable at the node's own
+    /// address, as a pod would be: the API server refuses loopback
+    /// endpoints).
+    pub async fn start_public(name: &'static str) -> Upstream {
+        Self::start_on(name, false, "0.0.0.0:0").await
+    }
+
     async fn start_with(name: &'static str, h2_only: bool) -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, h2_only, "127.0.0.1:0").await
+    }
+
+    async fn start_on(name: &'static str, h2_only: bool, bind: &str) -> Upstream {
+        let l = TcpListener::bind(bind).await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {

@@ -15,20 +15,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
 /// A test certificate authority.
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
 }
 
 /// A leaf certificate and its key, PEM.
-struct Leaf {
-    cert: String,
-    key: String,
-    der: Vec<u8>,
+pub(crate) struct Leaf {
+    pub cert: String,
+    pub key: String,
+    pub der: Vec<u8>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -40,7 +40,7 @@ impl Ca {
         }
     }
 
-    fn leaf(&self, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -54,7 +54,7 @@ impl Ca {
         }
     }
 
-    fn roots(&self) -> rustls::RootCertStore {
+    pub(crate) fn roots(&self) -> rustls::RootCertStore {
         gatehouse::tls::certs::root_store(&self.pem).unwrap()
     }
 }
@@ -101,7 +101,7 @@ fn edge(name: &str, host: &str, svc: &str, leaf: Option<&Leaf>) -> String {
     }
 }
 
-fn client_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> rustls::ClientConfig {
+pub(crate) fn client_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let mut c = rustls::ClientConfig::builder_with_provider(gatehouse::tls::certs::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -113,7 +113,7 @@ fn client_config(roots: rustls::RootCertStore, alpn: &[&[u8]]) -> rustls::Client
 
 /// Connect with TLS, SNI = `name`; returns the stream and the leaf the
 /// server presented.
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     cfg: rustls::ClientConfig,
     name: &str,
@@ -128,7 +128,11 @@ async fn connect(
 }
 
 /// One HTTP/1.1 GET over an established TLS stream.
-async fn get_over(stream: TlsStream<tokio::net::TcpStream>, host: &str, path: &str) -> Reply {
+pub(crate) async fn get_over(
+    stream: TlsStream<tokio::net::TcpStream>,
+    host: &str,
+    path: &str,
+) -> Reply {
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
