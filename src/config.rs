@@ -376,4 +376,32 @@ mod tests {
         assert!(serde_yaml::from_str::<RouterConfig>("htp: 1").is_err());
         assert!(serde_yaml::from_str::<RouterConfig>("timeouts: {server: 1d12h}").is_err());
     }
+
+    /// The bundled example and every router config embedded in the
+    /// deployment's ConfigMaps parse, and their selectors are valid.
+    #[test]
+    fn bundled_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = RouterConfig::load(&root.join("config/router.yaml")).unwrap();
+        cfg.shard().unwrap();
+        let mut seen = 0;
+        for f in std::fs::read_dir(root.join("config/kubernetes")).unwrap() {
+            let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = serde_yaml::Value::deserialize(doc).unwrap();
+                if v["kind"].as_str() != Some("ConfigMap") {
+                    continue;
+                }
+                let data = v["data"].as_mapping().unwrap();
+                for (k, body) in data {
+                    let cfg: RouterConfig = serde_yaml::from_str(body.as_str().unwrap())
+                        .unwrap_or_else(|e| panic!("{k:?}: {e}"));
+                    assert!(cfg.kube.enabled, "{k:?}");
+                    cfg.shard().unwrap();
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 3, "router.yaml, dmz.yaml, intranet.yaml");
+    }
 }

@@ -69,9 +69,24 @@ async fn check(ep: &Endpoint, timeout: Duration) -> bool {
     let connect = async {
         match ep {
             Endpoint::Socket(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
-            Endpoint::Dns { host, port } => tokio::net::TcpStream::connect((&**host, *port))
-                .await
-                .is_ok(),
+            Endpoint::Dns {
+                host,
+                port,
+                public_only,
+            } => match tokio::net::lookup_host((&**host, *port)).await {
+                Ok(addrs) => {
+                    for a in addrs {
+                        if *public_only && crate::compile::is_node_local(a.ip()) {
+                            continue;
+                        }
+                        if tokio::net::TcpStream::connect(a).await.is_ok() {
+                            return true;
+                        }
+                    }
+                    false
+                }
+                Err(_) => false,
+            },
         }
     };
     tokio::time::timeout(timeout, connect)

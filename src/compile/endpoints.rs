@@ -50,7 +50,7 @@ pub fn resolve(
 ) -> Option<Resolved> {
     let svc = objs.services.get(service)?;
     if svc.spec.type_.as_deref() == Some("ExternalName") {
-        return Some(external_name(svc, port));
+        return Some(external_name(svc, port, allow_local));
     }
     let mut out = Resolved::default();
     let mut protocol = None;
@@ -190,7 +190,7 @@ fn protocol_of(svc: &Service, p: &EndpointPort) -> UpstreamProtocol {
     }
 }
 
-fn external_name(svc: &Service, want: Option<&IntOrString>) -> Resolved {
+fn external_name(svc: &Service, want: Option<&IntOrString>, allow_local: bool) -> Resolved {
     let mut out = Resolved::default();
     let Some(host) = svc
         .spec
@@ -238,10 +238,18 @@ fn external_name(svc: &Service, want: Option<&IntOrString>) -> Resolved {
         .unwrap_or_default();
     let host = host.trim_end_matches('.');
     out.endpoints.push(match host.parse::<IpAddr>() {
+        Ok(ip) if !allow_local && is_node_local(ip) => {
+            out.problems.push(format!(
+                "endpoint address {ip} of service {} is loopback, link-local, multicast or a cloud metadata address; dropped",
+                svc.metadata.name
+            ));
+            return out;
+        }
         Ok(ip) => Endpoint::Socket(SocketAddr::new(ip, port)),
         Err(_) => Endpoint::Dns {
             host: Arc::from(host),
             port,
+            public_only: !allow_local,
         },
     });
     out

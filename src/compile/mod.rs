@@ -16,7 +16,7 @@ use crate::table::{
     Algorithm, BackendGroup, BackendSet, CookieSpec, ForwardedPolicy, HostRef, HostRoutes,
     LiveRegistry, RouteEntry, RouteSettings, RoutingTable, Target,
 };
-pub use endpoints::{resolve, Resolved, SliceIndex};
+pub use endpoints::{is_node_local, resolve, Resolved, SliceIndex};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;

@@ -127,7 +127,38 @@ fn external_name_resolves_by_dns_later() {
         r.backends.groups[0].endpoints[0],
         Endpoint::Dns {
             host: "db.example.org".into(),
-            port: 5432
+            port: 5432,
+            public_only: false,
+        }
+    );
+}
+
+#[test]
+fn external_names_cannot_point_at_the_node_from_an_untrusted_source() {
+    let o = objs(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ip}}\nspec: {{type: ExternalName, externalName: 169.254.169.254, ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: name}}\nspec: {{type: ExternalName, externalName: localhost, ports: [{{port: 80}}]}}\n{}{}",
+        route("a", "ip.example.com", "", "").replace("name: web", "name: ip"),
+        route("b", "name.example.com", "", "").replace("name: web", "name: name"),
+    ));
+    let cfg = CompileConfig {
+        allow_local_endpoints: false,
+        ..CompileConfig::default()
+    };
+    let c = compile(&o, &cfg, 1);
+    let ip = c.table.lookup("ip.example.com", "/").unwrap();
+    assert!(ip.backends.groups[0].endpoints.is_empty());
+    assert!(c
+        .diagnostics
+        .iter()
+        .any(|d| d.message.contains("169.254.169.254")));
+    // A name is resolved when connecting; node-local answers are refused then.
+    let name = c.table.lookup("name.example.com", "/").unwrap();
+    assert_eq!(
+        name.backends.groups[0].endpoints[0],
+        Endpoint::Dns {
+            host: "localhost".into(),
+            port: 80,
+            public_only: true,
         }
     );
 }

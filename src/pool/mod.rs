@@ -374,15 +374,22 @@ impl Upstreams {
                 .await
                 .map_err(|_| err(timed_out()))?
                 .map_err(err)?,
-            Endpoint::Dns { host, port } => {
+            Endpoint::Dns {
+                host,
+                port,
+                public_only,
+            } => {
                 let addrs: Vec<_> =
                     tokio::time::timeout(timeout, tokio::net::lookup_host((&**host, *port)))
                         .await
                         .map_err(|_| err(timed_out()))?
                         .map_err(err)?
+                        .filter(|a| !*public_only || !crate::compile::is_node_local(a.ip()))
                         .collect();
-                let mut last =
-                    io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
+                let mut last = io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "name resolved to no (permitted) address",
+                );
                 let mut found = None;
                 for a in addrs {
                     match tokio::time::timeout(timeout, TcpStream::connect(a)).await {

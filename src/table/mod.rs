@@ -350,6 +350,10 @@ pub enum Endpoint {
     Dns {
         host: Arc<str>,
         port: u16,
+        /// Refuse addresses the name resolves to that are node-local
+        /// (loopback, link-local, metadata…): set for untrusted sources, so
+        /// an ExternalName cannot point a route at the node.
+        public_only: bool,
     },
 }
 
@@ -357,7 +361,7 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Socket(a) => write!(f, "{a}"),
-            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Dns { host, port, .. } => write!(f, "{host}:{port}"),
         }
     }
 }
