@@ -289,7 +289,10 @@ async fn run(routes: usize, samples: usize) {
         .args(["--admin", &format!("127.0.0.1:{admin_port}")])
         .args(["--access-log", "off"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("GATEHOUSE_BENCH_LOG") {
+            Some(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+            None => Stdio::null(),
+        })
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -313,6 +316,30 @@ async fn run(routes: usize, samples: usize) {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0,
         cpu_sync
+    );
+
+    // Status: one entry per route, written in the background after the
+    // sync. Wait until it settles so the propagation figures are steady
+    // state, and say how long it took.
+    let t = Instant::now();
+    let mut last = (0.0, Instant::now());
+    loop {
+        let w = metric(admin, "gatehouse_status_writes_total{result=\"written\"}").await;
+        if w != last.0 {
+            last = (w, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "status never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "status: {} route entries written in {:.1} s after ready",
+        last.0,
+        (last.1 - t).as_secs_f64()
     );
 
     // Propagation under endpoint churn (100 slice updates per second).
@@ -394,6 +421,22 @@ async fn run(routes: usize, samples: usize) {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// One sample from the admin /metrics page (NaN when absent).
+async fn metric(admin: SocketAddr, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
+        return f64::NAN;
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 async fn readyz(admin: SocketAddr) -> bool {

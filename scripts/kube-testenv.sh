@@ -122,7 +122,7 @@ start_apiserver() {
     --cert-dir="$dir/certs" \
     --token-auth-file="$dir/tokens.csv" \
     --authorization-mode=RBAC \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.0.0.0/16 \
     --service-account-issuer="https://127.0.0.1:$ap/" \
     --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
     --disable-admission-plugins=ServiceAccount --allow-privileged=true \

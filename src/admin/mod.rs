@@ -289,7 +289,12 @@ fn source_metrics(out: &mut String, h: &crate::source::kube::SourceHealth) {
          gatehouse_source_last_event_timestamp_seconds {}\n\
          # HELP gatehouse_source_initial_sync_seconds Time from start to the first complete view.\n\
          # TYPE gatehouse_source_initial_sync_seconds gauge\n\
-         gatehouse_source_initial_sync_seconds {}\n",
+         gatehouse_source_initial_sync_seconds {}\n\
+         # HELP gatehouse_status_writes_total Route and Ingress status writes by result.\n\
+         # TYPE gatehouse_status_writes_total counter\n\
+         gatehouse_status_writes_total{{result=\"written\"}} {}\n\
+         gatehouse_status_writes_total{{result=\"raced\"}} {}\n\
+         gatehouse_status_writes_total{{result=\"failed\"}} {}\n",
         u8::from(h.synced.load(Relaxed)),
         u8::from(h.stale.load(Relaxed)),
         h.errors.load(Relaxed),
@@ -297,6 +302,9 @@ fn source_metrics(out: &mut String, h: &crate::source::kube::SourceHealth) {
         h.rejected_objects.load(Relaxed),
         h.last_event.load(Relaxed),
         h.initial_sync_ms.load(Relaxed) as f64 / 1000.0,
+        crate::source::kube_status::WRITES[0].load(Relaxed),
+        crate::source::kube_status::WRITES[1].load(Relaxed),
+        crate::source::kube_status::WRITES[2].load(Relaxed),
     );
 }
 

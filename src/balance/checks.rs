@@ -11,8 +11,34 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// How often the checker looks for due checks.
-const TICK: Duration = Duration::from_millis(100);
+/// How often the checker looks for due checks (a check runs at most this
+/// late; intervals are seconds).
+const TICK: Duration = Duration::from_millis(250);
+/// How often, at most, the list of endpoints to check is rebuilt.
+const REBUILD: Duration = Duration::from_secs(1);
+
+/// Endpoint → shortest interval asked by any route using it, for routes with
+/// more than one endpoint (as OpenShift: no checks for a lone endpoint,
+/// there is nothing to fail over to).
+fn collect(store: &TableStore) -> Vec<(Endpoint, Duration, Arc<EndpointLive>)> {
+    let mut due: HashMap<Endpoint, (Duration, Arc<EndpointLive>)> = HashMap::new();
+    let table = store.load();
+    for route in table.routes() {
+        let set = &route.backends;
+        if set.members.len() < 2 {
+            continue;
+        }
+        for m in set.members.iter() {
+            let g = &set.groups[m.group as usize];
+            let ep = &g.endpoints[m.index as usize];
+            let e = due
+                .entry(ep.clone())
+                .or_insert_with(|| (route.settings.check_interval, m.live.clone()));
+            e.0 = e.0.min(route.settings.check_interval);
+        }
+    }
+    due.into_iter().map(|(ep, (i, l))| (ep, i, l)).collect()
+}
 
 /// Run until `shutdown`.
 pub async fn run(
@@ -20,36 +46,29 @@ pub async fn run(
     connect_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // What to check, rebuilt when the table changes but at most once per
+    // REBUILD: with 10k routes × 5 endpoints, rebuilding on every tick or
+    // every endpoint update was the router's largest CPU cost
+    // (benches/kube_sync under endpoint churn).
+    let mut targets: Vec<(Endpoint, Duration, Arc<EndpointLive>)> = Vec::new();
+    let mut built_gen = None;
+    let mut built_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = crate::app_signal::stopped(&mut shutdown) => return,
         }
-        // Endpoint → shortest interval asked by any route using it.
-        let mut due: HashMap<Endpoint, (Duration, Arc<EndpointLive>)> = HashMap::new();
-        {
-            let table = store.load();
-            for route in table.routes() {
-                let set = &route.backends;
-                // As OpenShift: no checks for a lone endpoint (nothing to
-                // fail over to).
-                if set.members.len() < 2 {
-                    continue;
-                }
-                for m in set.members.iter() {
-                    let g = &set.groups[m.group as usize];
-                    let ep = &g.endpoints[m.index as usize];
-                    let e = due
-                        .entry(ep.clone())
-                        .or_insert_with(|| (route.settings.check_interval, m.live.clone()));
-                    e.0 = e.0.min(route.settings.check_interval);
-                }
-            }
+        let gen = store.load().generation;
+        if built_gen != Some(gen) && (built_gen.is_none() || built_at.elapsed() >= REBUILD) {
+            targets = collect(&store);
+            built_gen = Some(gen);
+            built_at = tokio::time::Instant::now();
         }
-        for (ep, (interval, live)) in due {
-            if !live.check_due(interval) {
+        for (ep, interval, live) in &targets {
+            if !live.check_due(*interval) {
                 continue;
             }
+            let (ep, interval, live) = (ep.clone(), *interval, live.clone());
             let timeout = connect_timeout.min(interval);
             tokio::spawn(async move {
                 let ok = check(&ep, timeout).await;

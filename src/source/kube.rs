@@ -120,6 +120,10 @@ pub struct Observed {
 pub struct Observations {
     pub routes: Mutex<HashMap<Key, Observed>>,
     pub ingresses: Mutex<HashMap<Key, Observed>>,
+    /// Routes the Route watch reported deleted: with a server-side route
+    /// selector that also means "relabelled out of this shard", so the
+    /// status writer checks whether the object still carries our entry.
+    pub departed: Mutex<Vec<Key>>,
     /// Signalled when any observation changes.
     pub changed: Notify,
 }
@@ -381,6 +385,14 @@ impl Shared {
             Event::Delete(o) => match key_of(spec, &o) {
                 Some(k) => {
                     self.forget(spec, std::slice::from_ref(&k));
+                    if spec.kind == "Route" {
+                        self.observations
+                            .departed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(k.clone());
+                        self.observations.changed.notify_one();
+                    }
                     st.objects.remove(spec.kind, &k)
                 }
                 None => false,

@@ -297,3 +297,76 @@ async fn file_edits_adds_and_deletes_change_routing_within_a_second() {
     );
     r.stop().await;
 }
+
+/// `--manifests` shards: the same selectors as `--kube`, on Namespace objects
+/// and route labels in the directory. A relabelled namespace moves its routes
+/// in or out within the manifests source's 1 s.
+#[tokio::test]
+async fn manifests_shards_follow_namespace_and_route_labels() {
+    let up = Upstream::start("app").await;
+    let ns = |zone: &str| {
+        format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{zone: {zone}}}}}\n")
+    };
+    let routes = [
+        service("shop", "web", &[up.port()]),
+        simple_route("shop", "web", "shop.example.com", "", "web"),
+        simple_route("shop", "hidden", "hidden.example.com", "", "web").replace(
+            "  namespace: shop\n",
+            "  namespace: shop\n  labels: {expose: none}\n",
+        ),
+        service("other", "web", &[up.port()]),
+        simple_route("other", "web", "other.example.com", "", "web"),
+    ]
+    .concat();
+    let r = TestRouter::start_with(&[("ns.yaml", &ns("dmz")), ("apps.yaml", &routes)], |c| {
+        c.namespace_selector = "zone in (dmz)".into();
+        c.route_selector = "expose!=none".into();
+    })
+    .await;
+    assert_eq!(r.get("shop.example.com", "/").await.status, StatusCode::OK);
+    assert_eq!(
+        r.get("hidden.example.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "route label excluded"
+    );
+    assert_eq!(
+        r.get("other.example.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "namespace without the label (no Namespace object)"
+    );
+    let listed = r.routes().await;
+    let names: Vec<&str> = listed["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"], "routes outside the shard do not exist here");
+
+    r.write("ns.yaml", &ns("intranet")).await;
+    assert_eq!(
+        r.get("shop.example.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    r.write("ns.yaml", &ns("dmz")).await;
+    assert_eq!(r.get("shop.example.com", "/").await.status, StatusCode::OK);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_selector_refuses_to_start_the_process() {
+    let dir = manifests_dir("x.example.com", 1);
+    let out = std::process::Command::new(bin())
+        .args(["run", "--manifests"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--namespace-selector", "zone in (dmz"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("namespace selector") && err.contains("unclosed"),
+        "{err}"
+    );
+}

@@ -630,6 +630,10 @@ async fn kube_shards_by_namespace_and_route_labels_move_routes_live() {
         admitted(&c, "shard-shop", "web", "intranet").await == Some(("True".into(), String::new()))
     })
     .await;
+    eventually("dmz entry removed", Duration::from_secs(10), || async {
+        route_entry(&c, "shard-shop", "web", "dmz").await.is_none()
+    })
+    .await;
 
     // A route label takes it out of the intranet shard (server-side selector).
     apply(
@@ -646,6 +650,16 @@ async fn kube_shards_by_namespace_and_route_labels_move_routes_live() {
     let t = until_served(&intranet, "shop.shard.example.com", "/", "", 503).await;
     println!("route relabel: out after {t:?}");
     assert!(t < Duration::from_secs(3));
+    eventually(
+        "intranet entry removed",
+        Duration::from_secs(10),
+        || async {
+            route_entry(&c, "shard-shop", "web", "intranet")
+                .await
+                .is_none()
+        },
+    )
+    .await;
     dmz.stop().await;
     intranet.stop().await;
 }
@@ -706,7 +720,14 @@ async fn kube_api_server_outage_keeps_traffic_and_catches_up() {
         k_route("outage", "late", "late.example.com", "web", json!({})),
     )
     .await;
-    let t = until_served(&r, "late.example.com", "/", "app", 200).await;
+    // kube's default back-off (0.8 s doubling to 30 s, with jitter) decides
+    // when the watchers come back.
+    let t = eventually(
+        "late route after the outage",
+        Duration::from_secs(60),
+        || async { r.get("late.example.com", "/").await.echoed("name") == Some("app") },
+    )
+    .await;
     println!("change after API server restart routed after {t:?}");
     eventually("source fresh again", Duration::from_secs(30), || async {
         r.metric("gatehouse_source_stale").await == 0.0
