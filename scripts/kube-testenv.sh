@@ -156,10 +156,15 @@ cmd_restart_apiserver() {
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 TAKEN=" "
+# Ports below the kernel's ephemeral range: a port there can be taken by any
+# outgoing connection between our check and the server's bind (seen as
+# "bind: address already in use" on a busy test run).
 free_port() {
-  local p i
+  local p i lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$lo" -gt 12000 ] || lo=32768
   for i in $(seq 1 200); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    p=$((10000 + (RANDOM * 32768 + RANDOM) % (lo - 10000)))
     case $TAKEN in *" $p "*) continue ;; esac
     if ! port_in_use "$p"; then TAKEN="$TAKEN$p "; echo "$p"; return; fi
   done
