@@ -105,8 +105,9 @@ fn route(ns: &str, name: &str, host: &str, svc: &str) -> Value {
            "spec": {"host": host, "to": {"kind": "Service", "name": svc}, "port": {"targetPort": "http"}}})
 }
 
-/// A tiny HTTP/1.1 responder (keep-alive) that is never the bottleneck.
-async fn upstream() -> u16 {
+/// A tiny HTTP/1.1 responder (keep-alive) that is never the bottleneck; its
+/// body is `tag`.
+async fn upstream(tag: &'static str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -130,6 +131,20 @@ async fn upstream() -> u16 {
         }
     });
     port
+}
+
+/// The body of a 200 answer to `GET /` for `host` (None otherwise).
+async fn body(addr: SocketAddr, host: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).await.ok()?;
+    if !all.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    all.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
 /// Status code of `GET /` for `host` (0 when the connection fails).
@@ -240,7 +255,8 @@ async fn run(routes: usize, samples: usize) {
         .await;
     }
     let ip = node_ip();
-    let port = upstream().await;
+    let port = upstream("a").await;
+    let port_b = upstream("b").await;
     let t = Instant::now();
     let objects = (0..routes).flat_map(|i| {
         let ns = format!("ns-{}", i % NAMESPACES);

@@ -384,6 +384,9 @@ async fn kube_routes_services_slices_and_status_follow_the_api_server() {
     println!("endpoint change routed after {t:?}");
 
     // A newer route for the same host in another namespace loses the claim.
+    // creationTimestamp has one-second resolution and ties go by uid (as in
+    // OpenShift), so make sure it is really newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     apply(&c, k_service("basic-late", "web")).await;
     apply(&c, slice("basic-late", "web", &[ip], a.port())).await;
     apply(
