@@ -120,10 +120,11 @@ async fn upstream(tag: &'static str) -> u16 {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {}
                     }
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .is_err()
-                    {
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{tag}",
+                        tag.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
                 }
@@ -422,17 +423,53 @@ async fn run(routes: usize, samples: usize) {
         }
         delays.push(t.elapsed());
     }
+    // Endpoint moves of one service: slice written → first answer from the
+    // new endpoint.
+    let mut moves = Vec::with_capacity(samples);
+    let slices = api(&c, &ENDPOINT_SLICE, Some("ns-0"));
+    for s in 0..samples {
+        let (to, want) = if s % 2 == 0 {
+            (port_b, "b")
+        } else {
+            (port, "a")
+        };
+        let t = Instant::now();
+        slices
+            .patch(
+                "probe-x",
+                &kube::api::PatchParams::apply("bench").force(),
+                &kube::api::Patch::Apply(&slice("ns-0", "probe", &[ip.to_string()], to)),
+            )
+            .await
+            .unwrap();
+        loop {
+            if body(http, "probe0.bench.example.com").await.as_deref() == Some(want) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "endpoint move never routed"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        moves.push(t.elapsed());
+    }
     let cpu_churn = (cpu_seconds(pid) - cpu0) / t_all.elapsed().as_secs_f64();
     churn.abort();
-    delays.sort();
-    let pct =
-        |p: f64| delays[((delays.len() as f64 * p).ceil() as usize).clamp(1, delays.len()) - 1];
+    let report = |what: &str, d: &mut Vec<Duration>| {
+        d.sort();
+        let pct = |p: f64| d[((d.len() as f64 * p).ceil() as usize).clamp(1, d.len()) - 1];
+        println!(
+            "propagation ({what}) under 100 endpoint updates/s, {routes} routes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            pct(0.50).as_secs_f64() * 1000.0,
+            pct(0.99).as_secs_f64() * 1000.0,
+            d.last().unwrap().as_secs_f64() * 1000.0,
+        );
+    };
+    report("new route written → first request routed", &mut delays);
+    report("endpoint moved → first request to it", &mut moves);
     println!(
-        "propagation (route written → first request routed) under 100 endpoint updates/s, {} routes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; router CPU {:.0}% of a core",
-        routes,
-        pct(0.50).as_secs_f64() * 1000.0,
-        pct(0.99).as_secs_f64() * 1000.0,
-        delays.last().unwrap().as_secs_f64() * 1000.0,
+        "router CPU during the propagation runs: {:.0}% of a core",
         cpu_churn * 100.0
     );
     let _ = child.kill();
