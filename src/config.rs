@@ -241,7 +241,7 @@ impl Default for TlsSettings {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     duration::parse(&s).ok_or_else(|| {
         serde::de::Error::custom(format!("{s:?} is not a duration like 30s, 500ms or 2m"))
@@ -384,6 +384,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let cfg = RouterConfig::load(&root.join("config/router.yaml")).unwrap();
         cfg.shard().unwrap();
+        crate::egress::EgressConfig::load(&root.join("config/egress.yaml")).unwrap();
         let mut seen = 0;
         for f in std::fs::read_dir(root.join("config/kubernetes")).unwrap() {
             let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
@@ -393,6 +394,17 @@ mod tests {
                     continue;
                 }
                 let data = v["data"].as_mapping().unwrap();
+                if v["metadata"]["name"].as_str() == Some("gatehouse-egress") {
+                    let e: crate::egress::EgressConfig =
+                        serde_yaml::from_str(data["egress.yaml"].as_str().unwrap()).unwrap();
+                    assert!(!e.allow.is_empty());
+                    let d = crate::egress::rules::parse_destinations(
+                        data["destinations"].as_str().unwrap(),
+                    )
+                    .unwrap();
+                    assert_eq!(d.rules.len(), 3);
+                    continue;
+                }
                 for (k, body) in data {
                     let cfg: RouterConfig = serde_yaml::from_str(body.as_str().unwrap())
                         .unwrap_or_else(|e| panic!("{k:?}: {e}"));

@@ -15,6 +15,7 @@ pub mod balance;
 pub mod compile;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod io;
 pub mod model;
 pub mod pool;

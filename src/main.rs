@@ -90,16 +90,36 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct EgressArgs {
+    /// Egress config file (YAML; config/egress.yaml documents every field).
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long, env = "EGRESS_DESTINATION")]
-    destinations: Option<String>,
+    /// File of EGRESS_DESTINATION rules (re-read when it changes). Without
+    /// it, the rules are taken from the EGRESS_DESTINATION variable itself.
     #[arg(long)]
-    listen: Option<String>,
+    destinations: Option<PathBuf>,
+    /// Address the local ports listen on (default 0.0.0.0).
+    #[arg(long)]
+    listen: Option<std::net::IpAddr>,
+    /// Outgoing connections come from this address.
     #[arg(long, env = "EGRESS_SOURCE")]
-    source: Option<String>,
+    source: Option<std::net::IpAddr>,
+    /// Client networks allowed to use the gateway (repeat or comma-separate).
+    #[arg(long, env = "EGRESS_ALLOW", value_delimiter = ',')]
+    allow: Vec<String>,
+    /// Ports the fallback IP serves, e.g. 5432,9000-9010.
+    #[arg(long, env = "EGRESS_FALLBACK_PORTS")]
+    fallback_ports: Option<String>,
+    /// HTTP proxy mode listener, e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    http_proxy: Option<SocketAddr>,
+    /// File of EGRESS_HTTP_PROXY_DESTINATION rules; without it, the variable.
+    #[arg(long)]
+    http_proxy_destinations: Option<PathBuf>,
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Connection log on stdout.
+    #[arg(long, value_enum)]
+    access_log: Option<AccessLogMode>,
 }
 
 #[derive(Args, Debug)]
@@ -141,9 +161,15 @@ fn main() -> ExitCode {
             runtime(None).and_then(|rt| rt.block_on(gatehouse::demo::run(cfg)))
         }
         Cmd::Check(a) => return check(a),
-        Cmd::Egress(_) => Err(anyhow::anyhow!(
-            "the egress gateway is not built yet in this version"
-        )),
+        Cmd::Egress(a) => load_egress_config(a).and_then(|cfg| {
+            runtime(None)?.block_on(async move {
+                let running = gatehouse::egress::start(cfg).await?;
+                gatehouse::app_signal::wait().await;
+                tracing::info!("signal received; stopping");
+                running.shutdown().await;
+                Ok(())
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,6 +241,49 @@ fn load_run_config(a: RunArgs) -> anyhow::Result<RouterConfig> {
     }
     if let Some(w) = a.allow_wildcard_routes {
         cfg.allow_wildcard_routes = w;
+    }
+    Ok(cfg)
+}
+
+fn load_egress_config(a: EgressArgs) -> anyhow::Result<gatehouse::egress::EgressConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => gatehouse::egress::EgressConfig::load(p)?,
+        None => gatehouse::egress::EgressConfig::default(),
+    };
+    if let Some(f) = a.destinations {
+        cfg.destinations_file = Some(f);
+    } else if cfg.destinations_file.is_none() {
+        if let Ok(t) = std::env::var("EGRESS_DESTINATION") {
+            cfg.destinations = Some(t);
+        }
+    }
+    if let Some(f) = a.http_proxy_destinations {
+        cfg.http_proxy_destinations_file = Some(f);
+    } else if cfg.http_proxy_destinations_file.is_none() {
+        if let Ok(t) = std::env::var("EGRESS_HTTP_PROXY_DESTINATION") {
+            cfg.http_proxy_destinations = Some(t);
+        }
+    }
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if a.source.is_some() {
+        cfg.source = a.source;
+    }
+    if !a.allow.is_empty() {
+        cfg.allow = a.allow;
+    }
+    if let Some(p) = a.fallback_ports {
+        cfg.fallback_ports = p;
+    }
+    if a.http_proxy.is_some() {
+        cfg.http_proxy = a.http_proxy;
+    }
+    if a.admin.is_some() {
+        cfg.admin = a.admin;
+    }
+    if let Some(m) = a.access_log {
+        cfg.access_log = m;
     }
     Ok(cfg)
 }

@@ -32,11 +32,32 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    {
-        let epoch = Instant::now();
-        let last = Arc::new(AtomicU64::new(0));
-        let mut c = Activity::new(a, last.clone(), epoch);
-        let mut u = Activity::new(b, last.clone(), epoch);
+    let r = pipe_counted(a, b, idle).await;
+    debug!(reason = %r.reason, "tunnel closed");
+}
+
+/// How a pipe ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeResult {
+    /// Bytes read from `a` (and written to `b`).
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+    /// `closed`, `idle timeout` or the I/O error.
+    pub reason: String,
+}
+
+/// [`pipe`], counting bytes each way. A half-close (EOF from one side) is
+/// passed on as a write shutdown and the other direction keeps flowing.
+pub async fn pipe_counted<A, B>(a: A, b: B, idle: Duration) -> PipeResult
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut c = Activity::new(a, last.clone(), epoch);
+    let mut u = Activity::new(b, last.clone(), epoch);
+    let (reason, done) = {
         let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
         let watchdog = async {
             loop {
@@ -49,9 +70,18 @@ where
             }
         };
         tokio::select! {
-            r = copy => debug!(result = ?r, "tunnel closed"),
-            _ = watchdog => debug!("tunnel idle timeout"),
+            r = copy => match r {
+                Ok(n) => ("closed".to_owned(), Some(n)),
+                Err(e) => (format!("error: {e}"), None),
+            },
+            _ = watchdog => ("idle timeout".to_owned(), None),
         }
+    };
+    let (a_to_b, b_to_a) = done.unwrap_or((c.read, u.read));
+    PipeResult {
+        a_to_b,
+        b_to_a,
+        reason,
     }
 }
 
@@ -60,11 +90,18 @@ struct Activity<T> {
     io: T,
     last: Arc<AtomicU64>,
     epoch: Instant,
+    /// Bytes read from this side.
+    read: u64,
 }
 
 impl<T> Activity<T> {
     fn new(io: T, last: Arc<AtomicU64>, epoch: Instant) -> Self {
-        Activity { io, last, epoch }
+        Activity {
+            io,
+            last,
+            epoch,
+            read: 0,
+        }
     }
 
     fn touch(&self) {
@@ -81,7 +118,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read += n as u64;
             self.touch();
         }
         r

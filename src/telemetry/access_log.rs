@@ -76,23 +76,35 @@ impl LogLine {
     }
 }
 
+/// One queued line: a request (rendered by the writer, off the request
+/// path) or a line already rendered (egress connections).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // moved once into the queue; boxing costs an allocation per request
+pub enum Entry {
+    Request(LogLine),
+    Json(String),
+}
+
 /// The queue end requests write to.
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: mpsc::Sender<LogLine>,
+    tx: mpsc::Sender<Entry>,
     dropped: AtomicU64,
 }
 
 impl AccessLog {
     /// Start the writer task (stdout) with a queue of `capacity` lines.
     pub fn spawn(capacity: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<LogLine>(capacity);
+        let (tx, mut rx) = mpsc::channel::<Entry>(capacity);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 let mut out = std::io::stdout().lock();
                 for l in batch.drain(..) {
-                    let _ = writeln!(out, "{}", l.to_json());
+                    let _ = match l {
+                        Entry::Request(l) => writeln!(out, "{}", l.to_json()),
+                        Entry::Json(s) => writeln!(out, "{s}"),
+                    };
                 }
                 let _ = out.flush();
             }
@@ -104,7 +116,14 @@ impl AccessLog {
     }
 
     pub fn push(&self, line: LogLine) {
-        if self.tx.try_send(line).is_err() {
+        if self.tx.try_send(Entry::Request(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queue a line already rendered as JSON.
+    pub fn push_json(&self, line: String) {
+        if self.tx.try_send(Entry::Json(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -4,6 +4,7 @@
 mod admin;
 mod admission;
 mod balance;
+mod egress;
 mod kube;
 mod pool;
 mod process;
