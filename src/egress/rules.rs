@@ -173,8 +173,9 @@ fn host(s: &str) -> Result<Host, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(Host::Ip(ip));
     }
-    if crate::model::host::is_valid_dns_subdomain(&s.to_ascii_lowercase(), false) {
-        Ok(Host::Name(s.trim_end_matches('.').to_ascii_lowercase()))
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if crate::model::host::is_valid_dns_subdomain(&name, false) {
+        Ok(Host::Name(name))
     } else {
         Err(format!("{s:?} is not an IP address or host name"))
     }
