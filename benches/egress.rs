@@ -90,6 +90,15 @@ async fn conns(to: SocketAddr, n: u64) -> f64 {
     (per * 32) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -128,12 +137,34 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let (mut bd, mut bg, mut cd, mut cg) = (vec![], vec![], vec![], vec![]);
+        let (mut gw_bulk_cpu, mut gw_conn_cpu) = (0.0, 0.0);
+        let me = std::process::id();
+        let (mut self_direct_cpu, mut self_gw_cpu) = (0.0, 0.0);
         for _ in 0..rounds {
+            let c0 = cpu_seconds(me);
             bd.push(bulk(srv, bytes).await);
+            let c1 = cpu_seconds(me);
+            let g0 = cpu_seconds(gw.id());
             bg.push(bulk(via, bytes).await);
+            gw_bulk_cpu += cpu_seconds(gw.id()) - g0;
+            self_direct_cpu += c1 - c0;
+            self_gw_cpu += cpu_seconds(me) - c1;
             cd.push(conns(srv, n).await);
+            let g0 = cpu_seconds(gw.id());
             cg.push(conns(via, n).await);
+            gw_conn_cpu += cpu_seconds(gw.id()) - g0;
         }
+        let gib = (bytes * rounds) as f64 / (1u64 << 30) as f64;
+        println!(
+            "CPU per GiB: gateway process {:.3} s; load generator (client+server, one thread) {:.3} s direct, {:.3} s through the gateway",
+            gw_bulk_cpu / gib,
+            self_direct_cpu / gib,
+            self_gw_cpu / gib
+        );
+        println!(
+            "gateway CPU per connection: {:.1} µs",
+            gw_conn_cpu / (n * rounds) as f64 * 1e6
+        );
         let (bd, bg, cd, cg) = (median(bd), median(bg), median(cd), median(cg));
         println!(
             "bulk {} MiB, one connection: direct {bd:.2} GiB/s, gateway {bg:.2} GiB/s, ratio {:.2}",

@@ -156,6 +156,10 @@ impl EgressConfig {
     }
 }
 
+/// Copy buffer per direction: database dumps and bulk loads go through here;
+/// 64 KiB moves them in an eighth of the system calls of tokio's default.
+pub(crate) const BULK_BUF: usize = 64 * 1024;
+
 /// Counters per destination (`host:port` of a rule), for /metrics.
 #[derive(Debug, Default)]
 pub struct DestStats {
@@ -530,7 +534,8 @@ async fn handle_tcp(client: TcpStream, peer: SocketAddr, port: u16, shared: Arc<
         }
     };
     let to = upstream.peer_addr().ok();
-    let r = crate::proxy::tunnel::pipe_counted(client, upstream, shared.cfg.idle_timeout).await;
+    let r = crate::proxy::tunnel::pipe_counted(client, upstream, shared.cfg.idle_timeout, BULK_BUF)
+        .await;
     stats.bytes_up.fetch_add(r.a_to_b, Ordering::Relaxed);
     stats.bytes_down.fetch_add(r.b_to_a, Ordering::Relaxed);
     stats.active.fetch_sub(1, Ordering::Relaxed);

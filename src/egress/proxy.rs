@@ -130,7 +130,13 @@ async fn handle(
         tokio::spawn(async move {
             stats.active.fetch_add(1, Ordering::Relaxed);
             if let Ok(up) = hyper::upgrade::on(req).await {
-                let r = crate::proxy::tunnel::pipe_counted(TokioIo::new(up), upstream, idle).await;
+                let r = crate::proxy::tunnel::pipe_counted(
+                    TokioIo::new(up),
+                    upstream,
+                    idle,
+                    super::BULK_BUF,
+                )
+                .await;
                 stats.bytes_up.fetch_add(r.a_to_b, Ordering::Relaxed);
                 stats.bytes_down.fetch_add(r.b_to_a, Ordering::Relaxed);
                 shared.log(serde_json::json!({

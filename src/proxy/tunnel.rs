@@ -32,7 +32,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let r = pipe_counted(a, b, idle).await;
+    let r = pipe_counted(a, b, idle, 8 * 1024).await;
     debug!(reason = %r.reason, "tunnel closed");
 }
 
@@ -46,9 +46,11 @@ pub struct PipeResult {
     pub reason: String,
 }
 
-/// [`pipe`], counting bytes each way. A half-close (EOF from one side) is
-/// passed on as a write shutdown and the other direction keeps flowing.
-pub async fn pipe_counted<A, B>(a: A, b: B, idle: Duration) -> PipeResult
+/// [`pipe`], counting bytes each way, with a `buf`-byte buffer per
+/// direction (bulk transfers want more than tokio's 8 KiB). A half-close
+/// (EOF from one side) is passed on as a write shutdown and the other
+/// direction keeps flowing.
+pub async fn pipe_counted<A, B>(a: A, b: B, idle: Duration, buf: usize) -> PipeResult
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -58,7 +60,7 @@ where
     let mut c = Activity::new(a, last.clone(), epoch);
     let mut u = Activity::new(b, last.clone(), epoch);
     let (reason, done) = {
-        let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+        let copy = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut u, buf, buf);
         let watchdog = async {
             loop {
                 let since = Duration::from_millis(last.load(Ordering::Relaxed));
