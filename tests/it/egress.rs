@@ -615,3 +615,41 @@ impl Drop for Netns {
         }
     }
 }
+
+#[tokio::test]
+async fn egress_per_destination_limit_refuses_the_extra_connection() {
+    let db = echo_server("db").await;
+    let p = free_port();
+    let mut cfg = config(&format!("{p} tcp 127.0.0.1 {}\n", db.port()));
+    cfg.max_connections_per_destination = 1;
+    let gw = egress::start(cfg).await.unwrap();
+    let mut first = TcpStream::connect(("127.0.0.1", p)).await.unwrap();
+    let mut hello = [0u8; 3];
+    first.read_exact(&mut hello).await.unwrap();
+    assert_eq!(&hello, b"db:");
+    // The second is closed without reaching the destination.
+    assert!(exchange(p, b"x").await.is_empty());
+    let m = metrics(gw.admin.unwrap()).await;
+    assert!(
+        m.contains("gatehouse_egress_limit_refused_total{destination=\"127.0.0.1:"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "gatehouse_egress_limit_refused_total{{destination=\"127.0.0.1:{}\"}} 1",
+            db.port()
+        )),
+        "{m}"
+    );
+    // Once the first closes, there is room again.
+    drop(first);
+    let t = Instant::now();
+    loop {
+        if exchange(p, b"y").await == b"db:y" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
