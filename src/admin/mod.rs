@@ -203,6 +203,9 @@ fn backends(state: &AdminState) -> String {
                 "cookie": r.settings.cookie.as_ref().map(|c| &*c.name),
                 "timeout_ms": r.settings.timeout.as_millis() as u64,
                 "endpoints": endpoints,
+                // Requests by status class since the route appeared (the
+                // dashboard turns them into rates).
+                "requests": r.stats.snapshot().iter().map(|(c, n)| (c.to_string(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
             })
         })
         .collect();

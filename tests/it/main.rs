@@ -4,6 +4,7 @@
 mod admin;
 mod admission;
 mod balance;
+mod dashboard;
 mod egress;
 mod kube;
 mod pool;
