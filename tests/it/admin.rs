@@ -82,3 +82,141 @@ async fn metrics_count_requests_per_route_and_class() {
     assert!(m.contains("route=\"counted\",code=\"2xx\"} 3"), "{m}");
     r.stop().await;
 }
+
+/// Private keys and the admin token never leave the process: not in the
+/// admin API, the metrics, the dashboard, the access log or the logs — also
+/// when a key is bad and the route is rejected (the message names the route,
+/// not the material).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_any_output_or_log() {
+    use crate::tls::Ca;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let up = Upstream::start("app").await;
+    let ca = Ca::new("secrets test CA");
+    let good = ca.leaf(&["good.example.com"]);
+    let other = ca.leaf(&["bad.example.com"]);
+    let block = |pem: &str| {
+        let mut s = String::from("|\n");
+        for l in pem.lines() {
+            s.push_str("      ");
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    };
+    let tls_route = |name: &str, host: &str, cert: &str, key: &str| {
+        format!(
+            "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  host: {host}\n  to: {{kind: Service, name: web}}\n  port: {{targetPort: http}}\n  tls:\n    termination: edge\n    certificate: {}\n    key: {}\n",
+            block(cert),
+            block(key)
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("apps.yaml"),
+        [
+            service("shop", "web", &[up.port()]),
+            tls_route("good", "good.example.com", &good.cert, &good.key),
+            // A key that does not match its certificate: rejected.
+            tls_route("bad", "bad.example.com", &other.cert, &good.key),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let token = "tok-3f9a1c0e5b7d2468";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+
+    let mut child = Command::new(bin())
+        .args(["--log-format", "json", "run", "--manifests"])
+        .arg(dir.path())
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--access-log", "json", "--admin-token-file"])
+        .arg(&token_file)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut lines = Vec::new();
+    let (http, admin) = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("listening");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        lines.push(line);
+        if v["message"] == "gatehouse listening" {
+            break (
+                v["http"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+                v["admin"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+            );
+        }
+    };
+    let auth = format!("Bearer {token}");
+    let mut outputs = Vec::new();
+    for path in [
+        "/api/routes",
+        "/api/backends",
+        "/metrics",
+        "/",
+        "/healthz",
+        "/readyz",
+    ] {
+        let r = get(admin, "admin", path, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        outputs.push((path.to_string(), r.body));
+    }
+    let routes = &outputs[0].1;
+    assert!(
+        routes.contains("ExtendedValidationFailed"),
+        "the bad route is rejected: {routes}"
+    );
+    get(http, "good.example.com", "/", &[]).await;
+    get(http, "bad.example.com", "/", &[]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    outputs.push(("logs".into(), lines.join("\n")));
+    assert!(
+        outputs.last().unwrap().1.contains("bad"),
+        "the rejection is logged"
+    );
+    // A line from the middle of the key's base64 body.
+    let key_line = good.key.lines().nth(2).unwrap().to_owned();
+    for (what, text) in &outputs {
+        for secret in ["PRIVATE KEY", key_line.as_str(), token] {
+            assert!(!text.contains(secret), "{what} shows {secret:?}");
+        }
+    }
+}
