@@ -180,6 +180,7 @@ async fn start_inner(
             ..PoolConfig::default()
         }),
         access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
+        log_sample: cfg.access_log_sample.clamp(0.0, 1.0),
         health: cfg.health.policy(),
         retry_budget: Default::default(),
         limits: Default::default(),

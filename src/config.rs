@@ -45,6 +45,9 @@ pub struct RouterConfig {
     pub timeouts: Timeouts,
     pub tls: TlsSettings,
     pub access_log: AccessLogMode,
+    /// Share of requests logged when the access log is on (0.0–1.0; 1.0
+    /// logs every request, 0.01 one in a hundred).
+    pub access_log_sample: f64,
     pub admin_token_file: Option<PathBuf>,
     /// Tokio worker threads (default: one per core).
     pub worker_threads: Option<usize>,
@@ -114,6 +117,7 @@ impl Default for RouterConfig {
             timeouts: Timeouts::default(),
             tls: TlsSettings::default(),
             access_log: AccessLogMode::Json,
+            access_log_sample: 1.0,
             admin_token_file: None,
             worker_threads: None,
             route_selector: String::new(),

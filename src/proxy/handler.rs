@@ -49,7 +49,9 @@ pub async fn handle(
     let mut log = proxy
         .access_log
         .as_ref()
+        .filter(|_| proxy.log_sample >= 1.0 || sampled(proxy.log_sample))
         .map(|_| LogLine::start(conn, &req, host));
+    let mut trace = crate::telemetry::access_log::Trace::default();
     let (resp, endpoint) = match route {
         None => (
             local::text(StatusCode::SERVICE_UNAVAILABLE, "no route for this host"),
@@ -59,7 +61,7 @@ pub async fn handle(
             if let Some(l) = log.as_mut() {
                 l.route = Some(route.clone());
             }
-            forward(proxy, conn, req, &route, &host_value).await
+            forward(proxy, conn, req, &route, &host_value, &mut trace).await
         }
     };
     match &counted {
@@ -69,7 +71,7 @@ pub async fn handle(
         }
     }
     if let (Some(mut l), Some(sink)) = (log, proxy.access_log.as_ref()) {
-        l.finish(resp.status(), endpoint, start.elapsed());
+        l.finish(resp.status(), endpoint, start.elapsed(), &trace);
         sink.push(l);
     }
     resp
@@ -86,12 +88,18 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
         .cloned()
 }
 
+/// Whether to log this request at `rate` (0..1).
+fn sampled(rate: f64) -> bool {
+    ((balance::random_u64() >> 11) as f64 / ((1u64 << 53) as f64)) < rate
+}
+
 async fn forward(
     proxy: &Proxy,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     route: &Arc<RouteEntry>,
     host_value: &HeaderValue,
+    trace: &mut crate::telemetry::access_log::Trace,
 ) -> (Response<ProxyBody>, Option<Endpoint>) {
     let host = host_value.to_str().unwrap_or("");
     if route.termination.is_some() && !conn.tls {
@@ -173,6 +181,11 @@ async fn forward(
     };
     // A sticky cookie naming a live endpoint of this route wins the first
     // pick; it is not passed on to the application (HAProxy's `indirect`).
+    let had_cookie = route
+        .settings
+        .cookie
+        .as_ref()
+        .is_some_and(|c| cookie_value(req.headers(), &c.name).is_some());
     let sticky = route.settings.cookie.as_ref().and_then(|c| {
         let value = cookie_value(req.headers(), &c.name)?;
         balance::sticky(&route.backends, value)
@@ -251,6 +264,7 @@ async fn forward(
         .iter()
         .map(|g| g.endpoints.len())
         .sum();
+    let connect_started = std::time::Instant::now();
     let (endpoint, protocol, upstream, chosen, pending) = loop {
         let cap = route.settings.pod_max_conn;
         let mut next = match sticky {
@@ -367,6 +381,8 @@ async fn forward(
     });
     proxy.retry_budget.deposit();
     let deadline = tokio::time::Instant::now() + route.settings.timeout;
+    trace.connect = Some(connect_started.elapsed());
+    let sent_at = std::time::Instant::now();
     let (mut endpoint, mut chosen, mut upstream, mut up) = (endpoint, chosen, upstream, up);
     let mut pending = Some(pending);
     let _ = protocol;
@@ -514,7 +530,13 @@ async fn forward(
             } else {
                 member.live.record_success();
             }
+            trace.response = Some(sent_at.elapsed());
             if let Some(c) = &route.settings.cookie {
+                trace.sticky = Some(match (had_cookie, sticky == Some(chosen)) {
+                    (true, true) => "hit",
+                    (true, false) => "miss",
+                    (false, _) => "new",
+                });
                 if sticky != Some(chosen) {
                     set_cookie(&mut parts.headers, c, &member.cookie);
                 }

@@ -35,6 +35,8 @@ pub struct Proxy {
     pub store: Arc<TableStore>,
     pub upstreams: Upstreams,
     pub access_log: Option<AccessLog>,
+    /// Share of requests written to the access log (1.0: all).
+    pub log_sample: f64,
     pub health: crate::table::HealthPolicy,
     pub retry_budget: RetryBudget,
     pub limits: limits::Limiters,
@@ -91,6 +93,8 @@ pub struct ConnInfo {
     pub port_value: HeaderValue,
     /// The verified client certificate's subject (mutual TLS).
     pub client_dn: Option<HeaderValue>,
+    /// Negotiated TLS version (`TLSv1.3`, `TLSv1.2`) on terminated TLS.
+    pub tls_version: Option<&'static str>,
     /// Requests seen on this connection (the first one opens it, for
     /// per-client connection rates).
     pub requests: std::sync::atomic::AtomicU32,
@@ -103,6 +107,7 @@ impl ConnInfo {
             peer: SocketAddr::new(ip, peer.port()),
             local,
             tls,
+            tls_version: None,
             ip_value: HeaderValue::try_from(ip.to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             port_value: HeaderValue::from(local.port()),

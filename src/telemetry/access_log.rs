@@ -12,6 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
+/// What the access log wants to know about how a request was forwarded.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Trace {
+    /// Sticky-cookie decision: `hit` (the cookie's endpoint served it),
+    /// `miss` (a cookie named an endpoint that is gone or full: chosen
+    /// again), `new` (no cookie: one was set); `None` without cookies.
+    pub sticky: Option<&'static str>,
+    /// From the first pick to a usable upstream connection (retries
+    /// included).
+    pub connect: Option<std::time::Duration>,
+    /// From sending the request to the upstream's response head.
+    pub response: Option<std::time::Duration>,
+}
+
 /// What one request leaves behind.
 #[derive(Debug)]
 pub struct LogLine {
@@ -23,10 +37,12 @@ pub struct LogLine {
     version: Version,
     request_id: Option<http::HeaderValue>,
     tls: bool,
+    tls_version: Option<&'static str>,
     pub route: Option<Arc<RouteEntry>>,
     status: u16,
     endpoint: Option<Endpoint>,
     duration: Duration,
+    trace: Trace,
 }
 
 impl LogLine {
@@ -40,17 +56,26 @@ impl LogLine {
             version: req.version(),
             request_id: req.headers().get("x-request-id").cloned(),
             tls: conn.tls,
+            tls_version: conn.tls_version,
             route: None,
             status: 0,
             endpoint: None,
             duration: Duration::ZERO,
+            trace: Default::default(),
         }
     }
 
-    pub fn finish(&mut self, status: StatusCode, endpoint: Option<Endpoint>, duration: Duration) {
+    pub fn finish(
+        &mut self,
+        status: StatusCode,
+        endpoint: Option<Endpoint>,
+        duration: Duration,
+        trace: &Trace,
+    ) {
         self.status = status.as_u16();
         self.endpoint = endpoint;
         self.duration = duration;
+        self.trace = *trace;
     }
 
     fn to_json(&self) -> serde_json::Value {
@@ -58,8 +83,9 @@ impl LogLine {
             .time
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         serde_json::json!({
-            "time": format!("{}.{:03}", ts.as_secs(), ts.subsec_millis()),
+            "time": crate::telemetry::rfc3339_millis(ts),
             "client": self.client.to_string(),
             "method": self.method.as_str(),
             "host": &*self.host,
@@ -72,6 +98,11 @@ impl LogLine {
             "endpoint": self.endpoint.as_ref().map(|e| e.to_string()),
             "request_id": self.request_id.as_ref().and_then(|v| v.to_str().ok()),
             "tls": self.tls,
+            "tls_version": self.tls_version,
+            "termination": self.route.as_ref().and_then(|r| r.termination).map(|t| format!("{t:?}").to_lowercase()),
+            "sticky": self.trace.sticky,
+            "upstream_connect_ms": ms(self.trace.connect),
+            "upstream_response_ms": ms(self.trace.response),
         })
     }
 }

@@ -19,3 +19,48 @@ pub fn init_logging(json: bool) {
         b.try_init()
     };
 }
+
+/// `2024-01-02T03:04:05.678Z` for a time since the Unix epoch (UTC, as
+/// Elasticsearch and the Kubernetes API write it).
+pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates() {
+        use std::time::Duration;
+        assert_eq!(
+            super::rfc3339_millis(Duration::ZERO),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            super::rfc3339_millis(Duration::from_millis(1_704_164_645_678)),
+            "2024-01-02T03:04:05.678Z"
+        );
+        assert_eq!(
+            super::rfc3339_millis(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

@@ -128,6 +128,11 @@ async fn accept(
         .map_err(|_| "TLS handshake timed out")?
         .map_err(|_| "TLS handshake failed")?;
     let mut info = ConnInfo::new(peer, local, true);
+    info.tls_version = match tls_stream.get_ref().1.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+        Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+        _ => None,
+    };
     if let Some(cert) = tls_stream
         .get_ref()
         .1

@@ -317,5 +317,71 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(v["route"], "web");
     assert_eq!(v["request_id"], "trace-42");
     assert_eq!(v["endpoint"], format!("127.0.0.1:{}", up.port()));
+    // RFC 3339 UTC with milliseconds, as Elasticsearch maps it.
+    let time = v["time"].as_str().unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && &time[10..11] == "T",
+        "{time}"
+    );
+    assert!(v["upstream_connect_ms"].as_f64().unwrap() >= 0.0);
+    assert!(v["upstream_response_ms"].as_f64().unwrap() <= v["duration_ms"].as_f64().unwrap());
+    assert_eq!(v["sticky"], "new", "no cookie yet: one is set");
+    assert_eq!(v["tls"], false);
+    assert!(v["termination"].is_null() && v["tls_version"].is_null());
+    // With the cookie it was given, the same endpoint: a hit.
+    let cookie = reply.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    get(http, "log.example.com", "/", &[("cookie", &cookie)]).await;
+    let line = tokio::time::timeout(Duration::from_secs(5), out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["sticky"], "hit");
+    let _ = child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_sampling_zero_writes_nothing() {
+    use tokio::io::AsyncBufReadExt;
+    let up = Upstream::start("quiet").await;
+    let dir = manifests_dir("quiet.example.com", up.port());
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("router.yaml");
+    std::fs::write(&cfg, "access_log: json\naccess_log_sample: 0.0\n").unwrap();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .args(["--manifests"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let http: SocketAddr = loop {
+        let line = err.next_line().await.unwrap().expect("listening line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "gatehouse listening" {
+            break v["http"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    for _ in 0..20 {
+        assert_eq!(
+            get(http, "quiet.example.com", "/", &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let none = tokio::time::timeout(Duration::from_millis(500), out.next_line()).await;
+    assert!(none.is_err(), "no access line at sample 0: {none:?}");
     let _ = child.kill().await;
 }
