@@ -179,7 +179,8 @@ async fn start_inner(
             idle_timeout: cfg.timeouts.upstream_idle,
             ..PoolConfig::default()
         }),
-        access_log: (cfg.access_log == AccessLogMode::Json).then(|| AccessLog::spawn(8192)),
+        access_log: (cfg.access_log == AccessLogMode::Json)
+            .then(|| AccessLog::spawn(cfg.access_log_queue.max(1))),
         log_sample: cfg.access_log_sample.clamp(0.0, 1.0),
         health: cfg.health.policy(),
         retry_budget: Default::default(),

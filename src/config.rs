@@ -48,6 +48,8 @@ pub struct RouterConfig {
     /// Share of requests logged when the access log is on (0.0–1.0; 1.0
     /// logs every request, 0.01 one in a hundred).
     pub access_log_sample: f64,
+    /// Lines the access log queue holds before dropping (stdout stalled).
+    pub access_log_queue: usize,
     pub admin_token_file: Option<PathBuf>,
     /// Tokio worker threads (default: one per core).
     pub worker_threads: Option<usize>,
@@ -118,6 +120,7 @@ impl Default for RouterConfig {
             tls: TlsSettings::default(),
             access_log: AccessLogMode::Json,
             access_log_sample: 1.0,
+            access_log_queue: 8192,
             admin_token_file: None,
             worker_threads: None,
             route_selector: String::new(),

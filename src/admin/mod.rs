@@ -259,6 +259,13 @@ fn metrics(state: &AdminState) -> String {
     }
     let _ = write!(
         out,
+        "# HELP gatehouse_access_log_dropped_total Access log lines dropped because the queue to stdout was full (requests are never slowed).\n\
+         # TYPE gatehouse_access_log_dropped_total counter\n\
+         gatehouse_access_log_dropped_total {}\n",
+        crate::telemetry::access_log::DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = write!(
+        out,
         "# HELP gatehouse_endpoints_dropped_total Endpoint addresses dropped because they are loopback, link-local, multicast or cloud metadata addresses (untrusted sources only).\n\
          # TYPE gatehouse_endpoints_dropped_total counter\n\
          gatehouse_endpoints_dropped_total {}\n",

@@ -116,6 +116,9 @@ pub enum Entry {
     Json(String),
 }
 
+/// Lines dropped process-wide because the queue was full (for /metrics).
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// The queue end requests write to.
 #[derive(Debug)]
 pub struct AccessLog {
@@ -148,15 +151,20 @@ impl AccessLog {
 
     pub fn push(&self, line: LogLine) {
         if self.tx.try_send(Entry::Request(line)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.count_drop();
         }
     }
 
     /// Queue a line already rendered as JSON.
     pub fn push_json(&self, line: String) {
         if self.tx.try_send(Entry::Json(line)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.count_drop();
         }
+    }
+
+    fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lines dropped because the queue was full.

@@ -385,3 +385,57 @@ async fn access_log_sampling_zero_writes_nothing() {
     assert!(none.is_err(), "no access line at sample 0: {none:?}");
     let _ = child.kill().await;
 }
+
+/// stdout stalls (nobody reads it): lines queue up to `access_log_queue`,
+/// then are dropped and counted, and requests go on at full speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_access_log_drops_and_counts_lines_and_never_slows_requests() {
+    use tokio::io::AsyncBufReadExt;
+    let up = Upstream::start("busy").await;
+    let dir = manifests_dir("busy.example.com", up.port());
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("router.yaml");
+    std::fs::write(&cfg, "access_log: json\naccess_log_queue: 16\n").unwrap();
+    let mut child = tokio::process::Command::new(bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .args(["--manifests"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped()) // never read: the pipe fills, the writer blocks
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (http, admin): (SocketAddr, SocketAddr) = loop {
+        let line = err.next_line().await.unwrap().expect("listening line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "gatehouse listening" {
+            break (
+                v["http"].as_str().unwrap().parse().unwrap(),
+                v["admin"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+    };
+    // A long path makes lines big, so the 64 KiB pipe fills fast.
+    let path = format!("/{}", "p".repeat(2000));
+    for _ in 0..400 {
+        // A request waiting on the stalled log would hang here.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            get(http, "busy.example.com", &path, &[]),
+        )
+        .await
+        .expect("requests never wait for the access log");
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let m = get(admin, "admin", "/metrics", &[]).await.body;
+    let dropped: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_access_log_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(dropped > 200, "dropped {dropped}");
+    let _ = child.kill().await;
+}
