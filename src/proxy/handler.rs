@@ -39,6 +39,15 @@ pub async fn handle(
     if !req.headers().contains_key(&X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID.clone(), request_id());
     }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        if let Some(id) = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            tracing::Span::current().record("id", id);
+        }
+    }
     let host_value = match request_host(&req) {
         Some(h) => h,
         None => return local::text(StatusCode::BAD_REQUEST, "missing Host header"),

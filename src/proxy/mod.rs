@@ -153,20 +153,35 @@ pub(crate) fn serve_conn<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let svc = service_fn(move |req| {
+    // Spans at debug level: free (one callsite check) unless RUST_LOG asks
+    // for them; then every log line of a request names its connection.
+    let span = tracing::debug_span!("conn", %peer, tls = info.tls);
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let info = info.clone();
+        let span = tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            path = req.uri().path(),
+            id = tracing::field::Empty
+        );
+        use tracing::Instrument as _;
         async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
+            .instrument(span)
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     let conn = watcher.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(%peer, error = %e, "client connection ended with an error");
+    use tracing::Instrument as _;
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
         }
-    });
+        .instrument(span),
+    );
 }
 
 /// Serve plain HTTP (h1 and h2c) on `listener` until `shutdown` turns true,

@@ -439,3 +439,70 @@ async fn a_stalled_access_log_drops_and_counts_lines_and_never_slows_requests() 
     assert!(dropped > 200, "dropped {dropped}");
     let _ = child.kill().await;
 }
+
+/// With `RUST_LOG=gatehouse=debug` every log line inside a request carries
+/// its connection and request spans (peer, method, path, request id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_connection_and_request_spans() {
+    use tokio::io::AsyncBufReadExt;
+    let dead = dead_port().await;
+    let dir = manifests_dir("spans.example.com", dead);
+    let mut child = tokio::process::Command::new(bin())
+        .args(["--log-format", "json", "run", "--manifests"])
+        .arg(dir.path())
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--access-log",
+            "off",
+        ])
+        .env("RUST_LOG", "gatehouse=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let http: SocketAddr = loop {
+        let line = err.next_line().await.unwrap().expect("listening line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "gatehouse listening" {
+            break v["http"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    let r = get(
+        http,
+        "spans.example.com",
+        "/traced",
+        &[("x-request-id", "span-77")],
+    )
+    .await;
+    assert!(r.status.is_server_error(), "{}", r.status);
+    let found = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let line = err.next_line().await.unwrap().expect("a log line");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "upstream connect failed" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the connect failure is logged");
+    let spans = found["spans"].as_array().expect("spans in JSON logs");
+    let conn = spans
+        .iter()
+        .find(|s| s["name"] == "conn")
+        .expect("conn span");
+    assert!(conn["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let req = spans
+        .iter()
+        .find(|s| s["name"] == "request")
+        .expect("request span");
+    assert_eq!(req["method"], "GET");
+    assert_eq!(req["path"], "/traced");
+    assert_eq!(req["id"], "span-77");
+    let _ = child.kill().await;
+}
