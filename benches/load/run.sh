@@ -109,6 +109,11 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18080}
 SCENARIOS=${SCENARIOS:-"h1 tls-keepalive tls-handshake"}
+# Observability cost (issue 7): GH_ACCESS_LOG=json writes gatehouse's access
+# log (to its log file); SCRAPE=1 GETs gatehouse's /metrics every second
+# during the runs. Compare the gatehouse/haproxy ratio with and without.
+GH_ACCESS_LOG=${GH_ACCESS_LOG:-off}
+SCRAPE=${SCRAPE:-0}
 WAIT_IDLE=${WAIT_IDLE:-600}
 RETRIES=${RETRIES:-2}
 
@@ -436,14 +441,19 @@ if want gatehouse; then
     [ "$TLS" = 0 ] || GH_TLS_ARGS=(--config "$TMP/gatehouse.yaml" --https "127.0.0.1:$GH_HTTPS")
     start "$PROXY_CPU" "$TMP/gatehouse.log" env GATEHOUSE_WORKER_THREADS=1 \
         "$GATEHOUSE" run --manifests "$MANIFESTS" \
-        --http "127.0.0.1:$GH_PORT" --admin "127.0.0.1:$GH_ADMIN" --access-log off "${GH_TLS_ARGS[@]}"
+        --http "127.0.0.1:$GH_PORT" --admin "127.0.0.1:$GH_ADMIN" --access-log "$GH_ACCESS_LOG" "${GH_TLS_ARGS[@]}"
     PID[gatehouse]=$LAST
     PORT[gatehouse]=$GH_PORT
     TLSPORT[gatehouse]=$GH_HTTPS
     wait_http "http://127.0.0.1:$GH_ADMIN/readyz" 200 30 "$LAST" ||
         die "gatehouse did not become ready on 127.0.0.1:$GH_ADMIN/readyz; its log:
 $(tail -n 40 "$TMP/gatehouse.log")"
-    say "gatehouse on 127.0.0.1:$GH_PORT$([ "$TLS" = 0 ] || echo ", https :$GH_HTTPS") (cpu $PROXY_CPU, 1 worker thread), admin :$GH_ADMIN"
+    say "gatehouse on 127.0.0.1:$GH_PORT$([ "$TLS" = 0 ] || echo ", https :$GH_HTTPS") (cpu $PROXY_CPU, 1 worker thread), admin :$GH_ADMIN, access log $GH_ACCESS_LOG"
+    if [ "$SCRAPE" = 1 ]; then
+        start "$LOAD_CPU" "$TMP/scrape.log" bash -c \
+            "while sleep 1; do curl -s -o /dev/null http://127.0.0.1:$GH_ADMIN/metrics; done"
+        say "scraping gatehouse /metrics every second"
+    fi
 fi
 if want haproxy; then
     start "$PROXY_CPU" "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
