@@ -78,32 +78,75 @@ impl LogLine {
         self.trace = *trace;
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    /// Render as one JSON object into `out`, by hand: no intermediate
+    /// value tree (measured: the `serde_json::json!` version cost 28 % more
+    /// CPU per request at full load, benches/load GH_ACCESS_LOG=json).
+    pub(crate) fn write_json(&self, out: &mut String) {
+        use std::fmt::Write as _;
         let ts = self
             .time
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
-        serde_json::json!({
-            "time": crate::telemetry::rfc3339_millis(ts),
-            "client": self.client.to_string(),
-            "method": self.method.as_str(),
-            "host": &*self.host,
-            "path": self.uri.path(),
-            "protocol": format!("{:?}", self.version),
-            "status": self.status,
-            "duration_ms": self.duration.as_secs_f64() * 1000.0,
-            "namespace": self.route.as_ref().map(|r| &*r.namespace),
-            "route": self.route.as_ref().map(|r| &*r.name),
-            "endpoint": self.endpoint.as_ref().map(|e| e.to_string()),
-            "request_id": self.request_id.as_ref().and_then(|v| v.to_str().ok()),
-            "tls": self.tls,
-            "tls_version": self.tls_version,
-            "termination": self.route.as_ref().and_then(|r| r.termination).map(|t| format!("{t:?}").to_lowercase()),
-            "sticky": self.trace.sticky,
-            "upstream_connect_ms": ms(self.trace.connect),
-            "upstream_response_ms": ms(self.trace.response),
-        })
+        out.push_str("{\"time\":\"");
+        out.push_str(&crate::telemetry::rfc3339_millis(ts));
+        let _ = write!(out, "\",\"client\":\"{}\",\"method\":", self.client);
+        json_str(out, self.method.as_str());
+        out.push_str(",\"host\":");
+        json_str(out, &self.host);
+        out.push_str(",\"path\":");
+        json_str(out, self.uri.path());
+        let _ = write!(
+            out,
+            ",\"protocol\":\"{:?}\",\"status\":{},\"duration_ms\":{:.3}",
+            self.version,
+            self.status,
+            self.duration.as_secs_f64() * 1000.0
+        );
+        out.push_str(",\"namespace\":");
+        json_opt(out, self.route.as_ref().map(|r| &*r.namespace));
+        out.push_str(",\"route\":");
+        json_opt(out, self.route.as_ref().map(|r| &*r.name));
+        out.push_str(",\"endpoint\":");
+        match &self.endpoint {
+            Some(e) => {
+                out.push('"');
+                let _ = write!(out, "{e}");
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"request_id\":");
+        json_opt(out, self.request_id.as_ref().and_then(|v| v.to_str().ok()));
+        let _ = write!(out, ",\"tls\":{},\"tls_version\":", self.tls);
+        json_opt(out, self.tls_version);
+        out.push_str(",\"termination\":");
+        json_opt(
+            out,
+            self.route
+                .as_ref()
+                .and_then(|r| r.termination)
+                .map(|t| match t {
+                    crate::model::admission::Termination::Edge => "edge",
+                    crate::model::admission::Termination::Passthrough => "passthrough",
+                    crate::model::admission::Termination::Reencrypt => "reencrypt",
+                }),
+        );
+        out.push_str(",\"sticky\":");
+        json_opt(out, self.trace.sticky);
+        for (k, d) in [
+            ("upstream_connect_ms", self.trace.connect),
+            ("upstream_response_ms", self.trace.response),
+        ] {
+            match d {
+                Some(d) => {
+                    let _ = write!(out, ",\"{k}\":{:.3}", d.as_secs_f64() * 1000.0);
+                }
+                None => {
+                    let _ = write!(out, ",\"{k}\":null");
+                }
+            }
+        }
+        out.push('}');
     }
 }
 
@@ -114,6 +157,34 @@ impl LogLine {
 pub enum Entry {
     Request(LogLine),
     Json(String),
+}
+
+/// A JSON string literal: quotes, backslashes and control characters
+/// escaped (request paths and hosts come from the network).
+fn json_str(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_opt(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.push_str("null"),
+    }
 }
 
 /// Lines dropped process-wide because the queue was full (for /metrics).
@@ -130,19 +201,33 @@ impl AccessLog {
     /// Start the writer task (stdout) with a queue of `capacity` lines.
     pub fn spawn(capacity: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<Entry>(capacity);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(64);
-            while rx.recv_many(&mut batch, 64).await > 0 {
-                let mut out = std::io::stdout().lock();
-                for l in batch.drain(..) {
-                    let _ = match l {
-                        Entry::Request(l) => writeln!(out, "{}", l.to_json()),
-                        Entry::Json(s) => writeln!(out, "{s}"),
-                    };
+        // Its own thread: a slow or stalled stdout blocks only this thread,
+        // never a runtime worker (with one worker thread it would stop the
+        // whole router).
+        let _ = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut buf = String::with_capacity(64 * 1024);
+                while let Some(first) = rx.blocking_recv() {
+                    let mut next = Some(first);
+                    let mut n = 0;
+                    while let Some(e) = next.take() {
+                        match e {
+                            Entry::Request(l) => l.write_json(&mut buf),
+                            Entry::Json(s) => buf.push_str(&s),
+                        }
+                        buf.push('\n');
+                        n += 1;
+                        if n < 256 {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(buf.as_bytes());
+                    let _ = out.flush();
+                    buf.clear();
                 }
-                let _ = out.flush();
-            }
-        });
+            });
         AccessLog {
             tx,
             dropped: AtomicU64::new(0),
@@ -170,5 +255,51 @@ impl AccessLog {
     /// Lines dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_valid_json_whatever_the_request_carried() {
+        let mut s = String::new();
+        json_str(&mut s, "a\"b\\c\nd\te\u{1}é");
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\te\u{1}é");
+
+        let conn = crate::proxy::ConnInfo::new(
+            "192.0.2.1:5555".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            false,
+        );
+        let req = Request::get("/p%22ath?q=1")
+            .header("x-request-id", "id-1")
+            .body(())
+            .unwrap();
+        let mut l = LogLine::start(&conn, &req, "we\"ird.example.com");
+        l.finish(
+            StatusCode::OK,
+            None,
+            Duration::from_micros(1500),
+            &Trace {
+                sticky: Some("new"),
+                connect: Some(Duration::from_micros(250)),
+                response: None,
+            },
+        );
+        let mut out = String::new();
+        l.write_json(&mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["host"], "we\"ird.example.com");
+        assert_eq!(v["path"], "/p%22ath");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["upstream_connect_ms"], 0.25);
+        assert!(v["upstream_response_ms"].is_null() && v["route"].is_null());
+        assert_eq!(v["sticky"], "new");
+        assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["client"], "192.0.2.1:5555");
     }
 }
