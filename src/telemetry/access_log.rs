@@ -159,6 +159,16 @@ pub enum Entry {
     Json(String),
 }
 
+fn write_out(buf: &mut String) {
+    if buf.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(buf.as_bytes());
+    let _ = out.flush();
+    buf.clear();
+}
+
 /// A JSON string literal: quotes, backslashes and control characters
 /// escaped (request paths and hosts come from the network).
 fn json_str(out: &mut String, s: &str) {
@@ -203,29 +213,46 @@ impl AccessLog {
         let (tx, mut rx) = mpsc::channel::<Entry>(capacity);
         // Its own thread: a slow or stalled stdout blocks only this thread,
         // never a runtime worker (with one worker thread it would stop the
-        // whole router).
+        // whole router). It polls the queue every few milliseconds instead
+        // of sleeping on it: a sleeping receiver costs the request path a
+        // futex wake per line (measured: −37 % throughput), a polling one
+        // costs nothing per line.
         let _ = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
+                use tokio::sync::mpsc::error::TryRecvError;
                 let mut buf = String::with_capacity(64 * 1024);
-                while let Some(first) = rx.blocking_recv() {
-                    let mut next = Some(first);
-                    let mut n = 0;
-                    while let Some(e) = next.take() {
-                        match e {
-                            Entry::Request(l) => l.write_json(&mut buf),
-                            Entry::Json(s) => buf.push_str(&s),
+                let mut idle = Duration::from_millis(5);
+                loop {
+                    let mut n = 0usize;
+                    let mut closed = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(Entry::Request(l)) => l.write_json(&mut buf),
+                            Ok(Entry::Json(s)) => buf.push_str(&s),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
                         }
                         buf.push('\n');
                         n += 1;
-                        if n < 256 {
-                            next = rx.try_recv().ok();
+                        if buf.len() >= 256 * 1024 {
+                            write_out(&mut buf);
                         }
                     }
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(buf.as_bytes());
-                    let _ = out.flush();
-                    buf.clear();
+                    write_out(&mut buf);
+                    if closed {
+                        return;
+                    }
+                    // Quiet: look less often (up to 50 ms); busy: every 5 ms.
+                    idle = if n == 0 {
+                        (idle * 2).min(Duration::from_millis(50))
+                    } else {
+                        Duration::from_millis(5)
+                    };
+                    std::thread::sleep(idle);
                 }
             });
         AccessLog {
