@@ -47,16 +47,7 @@ impl Objects {
         fn put<T>(m: &mut Kind<T>, key: Key, v: T) -> bool {
             m.insert(key, Arc::new(v)).is_some()
         }
-        let m = obj.meta();
-        let cluster_scoped = matches!(obj, Object::Namespace(_) | Object::IngressClass(_));
-        let key = (
-            if cluster_scoped {
-                String::new()
-            } else {
-                m.ns().to_owned()
-            },
-            m.name.clone(),
-        );
+        let key = Self::key_of(&obj);
         match obj {
             Object::Route(o) => put(&mut self.routes, key, o),
             Object::Service(o) => put(&mut self.services, key, o),

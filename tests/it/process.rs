@@ -286,14 +286,7 @@ async fn access_log_writes_one_json_line_per_request() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let http: SocketAddr = loop {
-        let line = err.next_line().await.unwrap().expect("listening line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "gatehouse listening" {
-            break v["http"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let (_err, http, _admin) = listening(&mut child).await;
     let reply = get(
         http,
         "log.example.com",
@@ -366,14 +359,7 @@ async fn access_log_sampling_zero_writes_nothing() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let http: SocketAddr = loop {
-        let line = err.next_line().await.unwrap().expect("listening line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "gatehouse listening" {
-            break v["http"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let (_err, http, _admin) = listening(&mut child).await;
     for _ in 0..20 {
         assert_eq!(
             get(http, "quiet.example.com", "/", &[]).await.status,
@@ -390,7 +376,6 @@ async fn access_log_sampling_zero_writes_nothing() {
 /// then are dropped and counted, and requests go on at full speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_access_log_drops_and_counts_lines_and_never_slows_requests() {
-    use tokio::io::AsyncBufReadExt;
     let up = Upstream::start("busy").await;
     let dir = manifests_dir("busy.example.com", up.port());
     let cfg_dir = tempfile::tempdir().unwrap();
@@ -407,17 +392,7 @@ async fn a_stalled_access_log_drops_and_counts_lines_and_never_slows_requests() 
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (http, admin): (SocketAddr, SocketAddr) = loop {
-        let line = err.next_line().await.unwrap().expect("listening line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "gatehouse listening" {
-            break (
-                v["http"].as_str().unwrap().parse().unwrap(),
-                v["admin"].as_str().unwrap().parse().unwrap(),
-            );
-        }
-    };
+    let (_err, http, admin) = listening(&mut child).await;
     // A long path makes lines big, so the 64 KiB pipe fills fast.
     let path = format!("/{}", "p".repeat(2000));
     for _ in 0..400 {
@@ -444,7 +419,6 @@ async fn a_stalled_access_log_drops_and_counts_lines_and_never_slows_requests() 
 /// its connection and request spans (peer, method, path, request id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_carry_connection_and_request_spans() {
-    use tokio::io::AsyncBufReadExt;
     let dead = dead_port().await;
     let dir = manifests_dir("spans.example.com", dead);
     let mut child = tokio::process::Command::new(bin())
@@ -464,14 +438,7 @@ async fn log_lines_carry_connection_and_request_spans() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let http: SocketAddr = loop {
-        let line = err.next_line().await.unwrap().expect("listening line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "gatehouse listening" {
-            break v["http"].as_str().unwrap().parse().unwrap();
-        }
-    };
+    let (mut err, http, _admin) = listening(&mut child).await;
     let r = get(
         http,
         "spans.example.com",
@@ -505,4 +472,22 @@ async fn log_lines_carry_connection_and_request_spans() {
     assert_eq!(req["path"], "/traced");
     assert_eq!(req["id"], "span-77");
     let _ = child.kill().await;
+}
+
+type StderrLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+
+/// Take the child's JSON stderr and read it up to the "gatehouse listening"
+/// line: the lines (to read on) and the http and admin addresses.
+async fn listening(child: &mut tokio::process::Child) -> (StderrLines, SocketAddr, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = err.next_line().await.unwrap().expect("listening line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "gatehouse listening" {
+            let http = v["http"].as_str().unwrap().parse().unwrap();
+            let admin = v["admin"].as_str().unwrap().parse().unwrap();
+            return (err, http, admin);
+        }
+    }
 }
