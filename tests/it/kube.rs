@@ -256,6 +256,12 @@ fn k_route(ns: &str, name: &str, host: &str, service: &str, labels: Value) -> Va
                     "port": {"targetPort": "http"}}})
 }
 
+/// A Service `name` in `ns` whose one ready endpoint is `ip:port`.
+async fn service_at(c: &Client, ns: &str, name: &str, ip: Ipv4Addr, port: u16) {
+    apply(c, k_service(ns, name)).await;
+    apply(c, slice(ns, name, &[ip], port)).await;
+}
+
 /// A router on the API server, in-process.
 struct KubeRouter {
     running: Option<gatehouse::app::Running>,
@@ -354,8 +360,7 @@ async fn kube_routes_services_slices_and_status_follow_the_api_server() {
     );
     apply(&c, namespace("basic", json!({}))).await;
     apply(&c, namespace("basic-late", json!({}))).await;
-    apply(&c, k_service("basic", "web")).await;
-    apply(&c, slice("basic", "web", &[ip], a.port())).await;
+    service_at(&c, "basic", "web", ip, a.port()).await;
     apply(
         &c,
         k_route("basic", "web", "basic.example.com", "web", json!({})),
@@ -387,8 +392,7 @@ async fn kube_routes_services_slices_and_status_follow_the_api_server() {
     // creationTimestamp has one-second resolution and ties go by uid (as in
     // OpenShift), so make sure it is really newer.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    apply(&c, k_service("basic-late", "web")).await;
-    apply(&c, slice("basic-late", "web", &[ip], a.port())).await;
+    service_at(&c, "basic-late", "web", ip, a.port()).await;
     apply(
         &c,
         k_route("basic-late", "thief", "basic.example.com", "web", json!({})),
@@ -460,10 +464,8 @@ async fn kube_ingresses_become_routes_with_secrets_classes_and_status() {
         Upstream::start_public("b").await,
     );
     apply(&c, namespace("ing", json!({}))).await;
-    apply(&c, k_service("ing", "web")).await;
-    apply(&c, slice("ing", "web", &[ip], a.port())).await;
-    apply(&c, k_service("ing", "exact")).await;
-    apply(&c, slice("ing", "exact", &[ip], b.port())).await;
+    service_at(&c, "ing", "web", ip, a.port()).await;
+    service_at(&c, "ing", "exact", ip, b.port()).await;
     apply(&c, json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
         "metadata": {"name": "gatehouse-test"}, "spec": {"controller": "gatehouse.io/ingress-controller"}})).await;
     apply(
@@ -587,8 +589,7 @@ async fn kube_shards_by_namespace_and_route_labels_move_routes_live() {
     let ip = node_ip();
     let up = Upstream::start_public("app").await;
     apply(&c, namespace("shard-shop", json!({"zone": "dmz"}))).await;
-    apply(&c, k_service("shard-shop", "web")).await;
-    apply(&c, slice("shard-shop", "web", &[ip], up.port())).await;
+    service_at(&c, "shard-shop", "web", ip, up.port()).await;
     apply(
         &c,
         k_route(
@@ -676,8 +677,7 @@ async fn kube_api_server_outage_keeps_traffic_and_catches_up() {
     let ip = node_ip();
     let up = Upstream::start_public("app").await;
     apply(&c, namespace("outage", json!({}))).await;
-    apply(&c, k_service("outage", "web")).await;
-    apply(&c, slice("outage", "web", &[ip], up.port())).await;
+    service_at(&c, "outage", "web", ip, up.port()).await;
     apply(
         &c,
         k_route("outage", "web", "outage.example.com", "web", json!({})),
@@ -800,8 +800,7 @@ async fn kube_deployment_manifests_apply_and_their_rbac_is_enough() {
     let ip = node_ip();
     let up = Upstream::start_public("rbac").await;
     apply(&c, namespace("rbac", json!({}))).await;
-    apply(&c, k_service("rbac", "web")).await;
-    apply(&c, slice("rbac", "web", &[ip], up.port())).await;
+    service_at(&c, "rbac", "web", ip, up.port()).await;
     apply(
         &c,
         k_route("rbac", "web", "rbac.example.com", "web", json!({})),
