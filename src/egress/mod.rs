@@ -125,26 +125,14 @@ impl EgressConfig {
     }
 
     fn destinations_text(&self) -> anyhow::Result<Option<String>> {
-        match (&self.destinations_file, &self.destinations) {
-            (Some(f), _) => Ok(Some(
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            )),
-            (None, Some(t)) => Ok(Some(t.clone())),
-            (None, None) => Ok(None),
-        }
+        file_or_inline(&self.destinations_file, &self.destinations)
     }
 
     fn proxy_text(&self) -> anyhow::Result<Option<String>> {
-        match (
+        file_or_inline(
             &self.http_proxy_destinations_file,
             &self.http_proxy_destinations,
-        ) {
-            (Some(f), _) => Ok(Some(
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            )),
-            (None, Some(t)) => Ok(Some(t.clone())),
-            (None, None) => Ok(None),
-        }
+        )
     }
 
     /// Parse and check the rules: the same checks at start and on reload.
@@ -153,6 +141,20 @@ impl EgressConfig {
             .map_err(|e| anyhow::anyhow!("EGRESS_DESTINATION {e}"))?;
         let ports = rules::parse_port_ranges(&self.fallback_ports).map_err(anyhow::Error::msg)?;
         d.expand(&ports).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Rules from a file when one is given (re-read on every call), else the
+/// inline text (an environment variable).
+fn file_or_inline(
+    file: &Option<PathBuf>,
+    inline: &Option<String>,
+) -> anyhow::Result<Option<String>> {
+    match (file, inline) {
+        (Some(f), _) => Ok(Some(
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        )),
+        (None, t) => Ok(t.clone()),
     }
 }
 

@@ -42,22 +42,9 @@ pub enum Change {
 }
 
 impl Objects {
-    /// Insert an object; returns the previous one of the same kind and key.
+    /// Insert an object; true if one of the same kind and key was there.
     pub fn insert(&mut self, obj: Object) -> bool {
-        fn put<T>(m: &mut Kind<T>, key: Key, v: T) -> bool {
-            m.insert(key, Arc::new(v)).is_some()
-        }
-        let key = Self::key_of(&obj);
-        match obj {
-            Object::Route(o) => put(&mut self.routes, key, o),
-            Object::Service(o) => put(&mut self.services, key, o),
-            Object::Endpoints(o) => put(&mut self.endpoints, key, o),
-            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
-            Object::Ingress(o) => put(&mut self.ingresses, key, o),
-            Object::IngressClass(o) => put(&mut self.ingress_classes, key, o),
-            Object::Namespace(o) => put(&mut self.namespaces, key, o),
-            Object::Secret(o) => put(&mut self.secrets, key, o),
-        }
+        self.put(obj, false)
     }
 
     /// Remove one object of a kind (`Object::kind()` names); true if it was
@@ -95,23 +82,34 @@ impl Objects {
     /// Insert unless an equal object is already there (then the old `Arc`
     /// stays, so `change_from` sees no change by pointer). True if inserted.
     pub fn insert_if_changed(&mut self, obj: Object) -> bool {
-        fn put<T: PartialEq>(m: &mut Kind<T>, key: Key, v: T) -> bool {
-            if m.get(&key).is_some_and(|old| **old == v) {
-                return false;
+        self.put(obj, true)
+    }
+
+    /// The one dispatch over kinds for both inserts. Returns, for a plain
+    /// insert, whether the key was there; with `keep_equal`, whether the
+    /// object was stored.
+    fn put(&mut self, obj: Object, keep_equal: bool) -> bool {
+        fn put<T: PartialEq>(m: &mut Kind<T>, key: Key, v: T, keep_equal: bool) -> bool {
+            if keep_equal {
+                if m.get(&key).is_some_and(|old| **old == v) {
+                    return false;
+                }
+                m.insert(key, Arc::new(v));
+                return true;
             }
-            m.insert(key, Arc::new(v));
-            true
+            m.insert(key, Arc::new(v)).is_some()
         }
         let key = Self::key_of(&obj);
+        let k = keep_equal;
         match obj {
-            Object::Route(o) => put(&mut self.routes, key, o),
-            Object::Service(o) => put(&mut self.services, key, o),
-            Object::Endpoints(o) => put(&mut self.endpoints, key, o),
-            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
-            Object::Ingress(o) => put(&mut self.ingresses, key, o),
-            Object::IngressClass(o) => put(&mut self.ingress_classes, key, o),
-            Object::Namespace(o) => put(&mut self.namespaces, key, o),
-            Object::Secret(o) => put(&mut self.secrets, key, o),
+            Object::Route(o) => put(&mut self.routes, key, o, k),
+            Object::Service(o) => put(&mut self.services, key, o, k),
+            Object::Endpoints(o) => put(&mut self.endpoints, key, o, k),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o, k),
+            Object::Ingress(o) => put(&mut self.ingresses, key, o, k),
+            Object::IngressClass(o) => put(&mut self.ingress_classes, key, o, k),
+            Object::Namespace(o) => put(&mut self.namespaces, key, o, k),
+            Object::Secret(o) => put(&mut self.secrets, key, o, k),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::model::parse::{object_from_value, Object};
 use crate::model::{Key, Objects};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 use std::collections::{HashMap, HashSet};
@@ -509,8 +509,6 @@ async fn run_watch(
         }
     }
 }
-
-use kube::runtime::watcher::watcher;
 
 /// Publish a snapshot after each settled burst of changes, once complete;
 /// keep one watcher per referenced Secret.
