@@ -330,27 +330,32 @@ fn egress_netns_dmz_reaches_intranet_redis_only_through_the_gateway() {
         )
     };
     // Redis in the intranet.
-    let mut redis = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.intra,
-            "redis-server",
-            "--bind",
-            "10.231.2.2",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (apt-get install redis-server)");
+    let redis_on = |port: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.intra,
+                "redis-server",
+                "--bind",
+                "10.231.2.2",
+            ])
+            .args([
+                "--port",
+                port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)")
+    };
+    let mut redis = redis_on("6379");
     // The gateway: listens on the DMZ side, connects from its intranet side.
     let mut gw = Command::new("ip")
         .args(["netns", "exec", &net.gw])
@@ -374,27 +379,7 @@ fn egress_netns_dmz_reaches_intranet_redis_only_through_the_gateway() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut other = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.intra,
-            "redis-server",
-            "--bind",
-            "10.231.2.2",
-            "--port",
-            "6380",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut other = redis_on("6380");
     let guard = Kill(vec![redis.id(), gw.id(), other.id()]);
     // Wait for both.
     let t = Instant::now();

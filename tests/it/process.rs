@@ -348,17 +348,7 @@ async fn access_log_sampling_zero_writes_nothing() {
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("router.yaml");
     std::fs::write(&cfg, "access_log: json\naccess_log_sample: 0.0\n").unwrap();
-    let mut child = tokio::process::Command::new(bin())
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
-        .args(["--manifests"])
-        .arg(dir.path())
-        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = with_config(&cfg, dir.path());
     let (_err, http, _admin) = listening(&mut child).await;
     for _ in 0..20 {
         assert_eq!(
@@ -381,17 +371,8 @@ async fn a_stalled_access_log_drops_and_counts_lines_and_never_slows_requests() 
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("router.yaml");
     std::fs::write(&cfg, "access_log: json\naccess_log_queue: 16\n").unwrap();
-    let mut child = tokio::process::Command::new(bin())
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
-        .args(["--manifests"])
-        .arg(dir.path())
-        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .stdout(Stdio::piped()) // never read: the pipe fills, the writer blocks
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // stdout is never read: the pipe fills, the writer blocks.
+    let mut child = with_config(&cfg, dir.path());
     let (_err, http, admin) = listening(&mut child).await;
     // A long path makes lines big, so the 64 KiB pipe fills fast.
     let path = format!("/{}", "p".repeat(2000));
@@ -490,4 +471,20 @@ async fn listening(child: &mut tokio::process::Child) -> (StderrLines, SocketAdd
             return (err, http, admin);
         }
     }
+}
+
+/// The binary on `manifests` with the router config `cfg`, JSON logs,
+/// stdout and stderr piped.
+fn with_config(cfg: &std::path::Path, manifests: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(cfg)
+        .arg("--manifests")
+        .arg(manifests)
+        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
