@@ -32,6 +32,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Kept alive while the router runs (dropping it stops the watchers).
     source: Option<crate::source::kube::KubeSource>,
+    /// Flushed at shutdown, after the drain.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Running {
@@ -41,6 +43,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(log) = &self.access_log {
+            log.flush(Duration::from_secs(2)).await;
         }
     }
 }
@@ -180,7 +185,7 @@ async fn start_inner(
             ..PoolConfig::default()
         }),
         access_log: (cfg.access_log == AccessLogMode::Json)
-            .then(|| AccessLog::spawn(cfg.access_log_queue.max(1))),
+            .then(|| Arc::new(AccessLog::spawn(cfg.access_log_queue.max(1)))),
         log_sample: cfg.access_log_sample.clamp(0.0, 1.0),
         health: cfg.health.policy(),
         retry_budget: Default::default(),
@@ -236,6 +241,7 @@ async fn start_inner(
         shutdown,
         tasks,
         source: None,
+        access_log: proxy.access_log.clone(),
     })
 }
 
@@ -269,6 +275,10 @@ async fn compile_loop(
         if change == Change::None {
             continue;
         }
+        crate::telemetry::metrics::TABLE.last_change_ms.store(
+            crate::telemetry::metrics::unix_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         generation += 1;
         let started = Instant::now();
         let table = store.load_full();
@@ -290,6 +300,9 @@ async fn compile_loop(
             Err(e) => {
                 // A bug in compile must not take the router down: keep the
                 // last table and say so.
+                crate::telemetry::metrics::TABLE
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(error = %e, "compile failed; keeping the previous table");
                 continue;
             }
@@ -315,6 +328,7 @@ async fn compile_loop(
         );
         let rejected = t.statuses.len() - routes;
         let old_table = store.publish(t);
+        crate::telemetry::metrics::TABLE.record(kind == "full", started.elapsed());
         let old_objects = prev.replace(current);
         // Freeing a 10k-route table takes milliseconds: not on a thread that
         // serves requests.

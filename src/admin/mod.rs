@@ -1,6 +1,8 @@
 //! The admin listener: health, readiness, the routes API, a small metrics
 //! page and the dashboard. Reads the table; never changes it.
 
+mod metrics;
+
 use crate::table::TableStore;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -24,6 +26,19 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// The Kubernetes source's health (`--kube`).
     pub source: Option<Arc<crate::source::kube::SourceHealth>>,
+}
+
+/// The state plus the metrics registry built from it once.
+struct Served {
+    state: Arc<AdminState>,
+    registry: prometheus_client::registry::Registry,
+}
+
+impl std::ops::Deref for Served {
+    type Target = AdminState;
+    fn deref(&self) -> &AdminState {
+        &self.state
+    }
 }
 
 /// Health endpoints stay open (kubelet and load balancers probe them), and
@@ -54,6 +69,10 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
 /// Serve the admin API until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     let state = Arc::new(state);
+    let state = Arc::new(Served {
+        registry: metrics::registry(state.clone()),
+        state,
+    });
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -81,7 +100,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
     }
 }
 
-fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(state: &Served, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !is_public(req.uri().path()) && !authorized(state, &req) {
         let mut r = reply(
             StatusCode::UNAUTHORIZED,
@@ -143,7 +162,11 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::OK, "application/json", body.to_string())
         }
         "/api/backends" => reply(StatusCode::OK, "application/json", backends(state)),
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(state)),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(&state.registry),
+        ),
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
@@ -210,119 +233,6 @@ fn backends(state: &AdminState) -> String {
         })
         .collect();
     serde_json::json!({ "generation": t.generation, "backends": list }).to_string()
-}
-
-fn metrics(state: &AdminState) -> String {
-    use std::fmt::Write as _;
-    let t = state.store.load_full();
-    let admitted = t.statuses.iter().filter(|s| s.admitted).count();
-    let rejected = t.statuses.len() - admitted;
-    let mut out = format!(
-        "# HELP gatehouse_table_generation Generation of the live routing table.\n\
-         # TYPE gatehouse_table_generation gauge\n\
-         gatehouse_table_generation {}\n\
-         # HELP gatehouse_routes Routes by admission state.\n\
-         # TYPE gatehouse_routes gauge\n\
-         gatehouse_routes{{state=\"admitted\"}} {admitted}\n\
-         gatehouse_routes{{state=\"rejected\"}} {rejected}\n\
-         # HELP gatehouse_ready 1 once the first complete table is live.\n\
-         # TYPE gatehouse_ready gauge\n\
-         gatehouse_ready {}\n\
-         # HELP gatehouse_tls_handshake_failures_total TLS connections closed before a completed handshake (garbage, oversized or truncated ClientHello, timeout, failed verification).\n\
-         # TYPE gatehouse_tls_handshake_failures_total counter\n\
-         gatehouse_tls_handshake_failures_total {}\n\
-         # HELP gatehouse_unrouted_requests_total Requests for hosts no route serves (answered 503).\n\
-         # TYPE gatehouse_unrouted_requests_total counter\n\
-         gatehouse_unrouted_requests_total {}\n\
-         # HELP gatehouse_route_requests_total Requests per route by status class.\n\
-         # TYPE gatehouse_route_requests_total counter\n",
-        t.generation,
-        u8::from(state.store.is_ready()),
-        crate::tls::listener::HANDSHAKE_FAILURES.load(std::sync::atomic::Ordering::Relaxed),
-        crate::proxy::UNROUTED.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    let mut routes: Vec<_> = t.routes().collect();
-    routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    routes.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-    for r in routes {
-        for (class, n) in r.stats.snapshot() {
-            let _ = writeln!(
-                out,
-                "gatehouse_route_requests_total{{namespace=\"{}\",route=\"{}\",code=\"{class}\"}} {n}",
-                label(&r.namespace),
-                label(&r.name)
-            );
-        }
-    }
-    if let Some(h) = &state.source {
-        source_metrics(&mut out, h);
-    }
-    let _ = write!(
-        out,
-        "# HELP gatehouse_access_log_dropped_total Access log lines dropped because the queue to stdout was full (requests are never slowed).\n\
-         # TYPE gatehouse_access_log_dropped_total counter\n\
-         gatehouse_access_log_dropped_total {}\n",
-        crate::telemetry::access_log::DROPPED.load(std::sync::atomic::Ordering::Relaxed)
-    );
-    let _ = write!(
-        out,
-        "# HELP gatehouse_endpoints_dropped_total Endpoint addresses dropped because they are loopback, link-local, multicast or cloud metadata addresses (untrusted sources only).\n\
-         # TYPE gatehouse_endpoints_dropped_total counter\n\
-         gatehouse_endpoints_dropped_total {}\n",
-        crate::compile::DROPPED_LOCAL_ENDPOINTS.load(std::sync::atomic::Ordering::Relaxed)
-    );
-    out
-}
-
-fn source_metrics(out: &mut String, h: &crate::source::kube::SourceHealth) {
-    use std::fmt::Write as _;
-    use std::sync::atomic::Ordering::Relaxed;
-    let _ = write!(
-        out,
-        "# HELP gatehouse_source_synced 1 once every kind has been listed from the API server.\n\
-         # TYPE gatehouse_source_synced gauge\n\
-         gatehouse_source_synced {}\n\
-         # HELP gatehouse_source_stale 1 while a watch cannot reach the API server: the table is the last complete one.\n\
-         # TYPE gatehouse_source_stale gauge\n\
-         gatehouse_source_stale {}\n\
-         # HELP gatehouse_source_watch_errors_total Watch errors (each retried with back-off).\n\
-         # TYPE gatehouse_source_watch_errors_total counter\n\
-         gatehouse_source_watch_errors_total {}\n\
-         # HELP gatehouse_source_relists_total Lists after the first (410 Gone, reconnects).\n\
-         # TYPE gatehouse_source_relists_total counter\n\
-         gatehouse_source_relists_total {}\n\
-         # HELP gatehouse_source_rejected_objects_total Objects from the API server that could not be decoded.\n\
-         # TYPE gatehouse_source_rejected_objects_total counter\n\
-         gatehouse_source_rejected_objects_total {}\n\
-         # HELP gatehouse_source_last_event_timestamp_seconds Unix time of the last event from the API server.\n\
-         # TYPE gatehouse_source_last_event_timestamp_seconds gauge\n\
-         gatehouse_source_last_event_timestamp_seconds {}\n\
-         # HELP gatehouse_source_initial_sync_seconds Time from start to the first complete view.\n\
-         # TYPE gatehouse_source_initial_sync_seconds gauge\n\
-         gatehouse_source_initial_sync_seconds {}\n\
-         # HELP gatehouse_status_writes_total Route and Ingress status writes by result.\n\
-         # TYPE gatehouse_status_writes_total counter\n\
-         gatehouse_status_writes_total{{result=\"written\"}} {}\n\
-         gatehouse_status_writes_total{{result=\"raced\"}} {}\n\
-         gatehouse_status_writes_total{{result=\"failed\"}} {}\n",
-        u8::from(h.synced.load(Relaxed)),
-        u8::from(h.stale.load(Relaxed)),
-        h.errors.load(Relaxed),
-        h.relists.load(Relaxed),
-        h.rejected_objects.load(Relaxed),
-        h.last_event.load(Relaxed),
-        h.initial_sync_ms.load(Relaxed) as f64 / 1000.0,
-        crate::source::kube_status::WRITES[0].load(Relaxed),
-        crate::source::kube_status::WRITES[1].load(Relaxed),
-        crate::source::kube_status::WRITES[2].load(Relaxed),
-    );
-}
-
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -102,6 +102,8 @@ impl Body for UpstreamBody {
 #[derive(Debug)]
 pub enum RequestBody {
     Client(Incoming),
+    /// The client's body, its bytes counted on the route.
+    Counted(Incoming, Arc<crate::table::RouteCounters>),
     Empty,
 }
 
@@ -115,20 +117,31 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Counted(b, stats) => {
+                let r = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &r {
+                    if let Some(d) = f.data_ref() {
+                        stats
+                            .bytes_in
+                            .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                r
+            }
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(b) => b.is_end_stream(),
+            RequestBody::Client(b) | RequestBody::Counted(b, _) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(b) => b.size_hint(),
+            RequestBody::Client(b) | RequestBody::Counted(b, _) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

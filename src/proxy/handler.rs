@@ -55,33 +55,47 @@ pub async fn handle(
     let host = host_value.to_str().unwrap_or("");
     let route = proxy.store.load().lookup(host, req.uri().path()).cloned();
     let counted = route.as_ref().map(|r| r.stats.clone());
+    if let Some(s) = &counted {
+        s.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut log = proxy
         .access_log
         .as_ref()
         .filter(|_| proxy.log_sample >= 1.0 || sampled(proxy.log_sample))
-        .map(|_| LogLine::start(conn, &req, host));
+        .map(|sink| (LogLine::start(conn, &req, host), sink.clone()));
     let mut trace = crate::telemetry::access_log::Trace::default();
-    let (resp, endpoint) = match route {
+    let (mut resp, endpoint) = match route {
         None => (
             local::text(StatusCode::SERVICE_UNAVAILABLE, "no route for this host"),
             None,
         ),
         Some(route) => {
-            if let Some(l) = log.as_mut() {
+            if let Some((l, _)) = log.as_mut() {
                 l.route = Some(route.clone());
             }
             forward(proxy, conn, req, &route, &host_value, &mut trace).await
         }
     };
+    let status = resp.status();
     match &counted {
-        Some(stats) => stats.count(resp.status().as_u16()),
+        Some(stats) => {
+            stats.count(status.as_u16());
+            if let Some(s) = trace.sticky {
+                stats.sticky(s);
+            }
+        }
         None => {
             super::UNROUTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
-    if let (Some(mut l), Some(sink)) = (log, proxy.access_log.as_ref()) {
-        l.finish(resp.status(), endpoint, start.elapsed(), &trace);
-        sink.push(l);
+    // Bytes, total time and the log line wait for the end of the body.
+    if counted.is_some() || log.is_some() {
+        let mut done = super::Done::new(counted, start, status.as_u16());
+        done.log = log.map(|(mut l, sink)| {
+            l.finish(status, endpoint, &trace);
+            (l, sink)
+        });
+        resp.body_mut().finish_with(done);
     }
     resp
 }
@@ -263,7 +277,12 @@ async fn forward(
         Some(target) => rewrite(&route.path, target, &parts.uri),
         None => parts.uri.path_and_query().cloned(),
     };
-    let mut up = Request::from_parts(parts, RequestBody::Client(body));
+    let body = if body.is_end_stream() {
+        RequestBody::Client(body)
+    } else {
+        RequestBody::Counted(body, route.stats.clone())
+    };
+    let mut up = Request::from_parts(parts, body);
     // Connect first: a refused or timed-out connect moves to the next
     // endpoint while the request is still whole in our hands.
     let mut tried: Vec<Pick> = Vec::new();
@@ -331,6 +350,9 @@ async fn forward(
             .await
         {
             Ok(upstream) => {
+                if !upstream.is_reused() {
+                    route.stats.connect.observe(connect_started.elapsed());
+                }
                 let protocol = upstream.protocol();
                 set_target(
                     &mut up,
@@ -342,6 +364,11 @@ async fn forward(
                 break (endpoint.clone(), protocol, upstream, pick, pending);
             }
             Err(e) => {
+                route.stats.error(if e.tls {
+                    crate::table::UpstreamError::Tls
+                } else {
+                    crate::table::UpstreamError::Connect
+                });
                 tried.push(pick);
                 if pick
                     .member(&route.backends)
@@ -364,7 +391,9 @@ async fn forward(
                         Some(endpoint.clone()),
                     );
                 }
-                if !retry {
+                if retry {
+                    route.stats.retry();
+                } else {
                     return (
                         local::text(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -431,6 +460,7 @@ async fn forward(
                     let pq = unsent.uri().path_and_query().cloned();
                     set_target(&mut unsent, c.protocol(), host, pq, tls.is_some());
                     (endpoint, chosen, upstream, up) = (next_ep.clone(), next, c, unsent);
+                    route.stats.retry();
                     continue;
                 }
             }
@@ -459,6 +489,7 @@ async fn forward(
                 Ok(fresh) => {
                     upstream = fresh;
                     up = again();
+                    route.stats.retry();
                     continue;
                 }
                 // It closed because it died: count it, and try another.
@@ -498,6 +529,7 @@ async fn forward(
                 let pq = req.uri().path_and_query().cloned();
                 set_target(&mut req, c.protocol(), host, pq, tls.is_some());
                 (endpoint, chosen, upstream, up) = (next_ep.clone(), next, c, req);
+                route.stats.retry();
             }
             Err(_) => break (Ok(Err(e)), chosen, endpoint, guard),
         }
@@ -506,6 +538,7 @@ async fn forward(
     let member = chosen.member(&route.backends);
     match sent {
         Err(_) => {
+            route.stats.error(crate::table::UpstreamError::Timeout);
             warn!(route = %route.name, namespace = %route.namespace, %endpoint, "upstream timed out");
             (
                 local::text(
@@ -558,13 +591,9 @@ async fn forward(
             (
                 Response::from_parts(
                     parts,
-                    ProxyBody::Upstream(
+                    ProxyBody::upstream(
                         body,
-                        Some(super::body::InFlight::new(
-                            guard,
-                            slot,
-                            route.settings.timeout,
-                        )),
+                        super::body::InFlight::new(guard, slot, route.settings.timeout),
                     ),
                 ),
                 Some(endpoint),
@@ -572,6 +601,11 @@ async fn forward(
         }
         Ok(Err(e)) => {
             debug!(route = %route.name, namespace = %route.namespace, error = %e, "upstream exchange failed");
+            route.stats.error(if e.source.is_timeout() {
+                crate::table::UpstreamError::Timeout
+            } else {
+                crate::table::UpstreamError::Closed
+            });
             if e.source.is_timeout() {
                 return (
                     local::text(

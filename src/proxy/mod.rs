@@ -11,7 +11,7 @@ pub mod limits;
 mod local;
 pub(crate) mod tunnel;
 
-pub use body::ProxyBody;
+pub use body::{Done, ProxyBody};
 
 use crate::pool::Upstreams;
 use crate::table::TableStore;
@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 pub struct Proxy {
     pub store: Arc<TableStore>,
     pub upstreams: Upstreams,
-    pub access_log: Option<AccessLog>,
+    pub access_log: Option<Arc<AccessLog>>,
     /// Share of requests written to the access log (1.0: all).
     pub log_sample: f64,
     pub health: crate::table::HealthPolicy,
@@ -149,6 +149,7 @@ pub(crate) fn serve_conn<I>(
     io: I,
     info: Arc<ConnInfo>,
     proxy: Arc<Proxy>,
+    open: crate::telemetry::metrics::ConnGuard,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -179,6 +180,7 @@ pub(crate) fn serve_conn<I>(
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "client connection ended with an error");
             }
+            drop(open);
         }
         .instrument(span),
     );
@@ -203,6 +205,7 @@ pub async fn serve_http(
             crate::io::Flat(stream),
             info,
             proxy.clone(),
+            crate::telemetry::metrics::HTTP.open(),
         );
     }
     drop(listener);

@@ -55,6 +55,31 @@ pub struct EndpointLive {
     pub cookie: Arc<str>,
     /// Stable identity hash for consistent hashing (same HMAC).
     pub id: u64,
+    /// Totals for /metrics.
+    pub stats: EndpointCounters,
+}
+
+/// One endpoint's totals (across every route that uses it).
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    /// Responses by status class, index 0 = 1xx … 4 = 5xx.
+    pub classes: [AtomicU64; 5],
+    /// Response body bytes sent to clients.
+    pub bytes_out: AtomicU64,
+    /// Failed connects and exchanges.
+    pub failures: AtomicU64,
+    /// Times passive health took it out of rotation.
+    pub ejections: AtomicU64,
+}
+
+impl EndpointCounters {
+    pub fn finish(&self, status: u16, bytes: u64) {
+        let i = (status / 100).clamp(1, 5) as usize - 1;
+        self.classes[i].fetch_add(1, Ordering::Relaxed);
+        if bytes != 0 {
+            self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Failed checks in a row that mark an endpoint down (HAProxy `fall`).
@@ -141,6 +166,7 @@ impl EndpointLive {
 
     /// The endpoint failed; returns true when this failure ejected it.
     pub fn record_failure(&self, policy: &HealthPolicy) -> bool {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
         if policy.eject_after == 0 {
             return false;
         }
@@ -149,6 +175,7 @@ impl EndpointLive {
             return false;
         }
         self.failures.store(0, Ordering::Relaxed);
+        self.stats.ejections.fetch_add(1, Ordering::Relaxed);
         let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = policy
             .base_ejection
@@ -163,6 +190,13 @@ impl EndpointLive {
 /// Decrements the in-flight count on drop.
 #[derive(Debug)]
 pub struct ActiveGuard(Arc<EndpointLive>);
+
+impl ActiveGuard {
+    /// The endpoint this request is on.
+    pub fn live(&self) -> &EndpointLive {
+        &self.0
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

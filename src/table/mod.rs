@@ -10,9 +10,9 @@ mod lookup;
 mod stats;
 mod store;
 
-pub use stats::{RouteCounters, StatsRegistry};
+pub use stats::{RouteCounters, StatsRegistry, UpstreamError, STICKY_LABELS};
 
-pub use live::{ActiveGuard, EndpointLive, HealthPolicy, LiveRegistry};
+pub use live::{ActiveGuard, EndpointCounters, EndpointLive, HealthPolicy, LiveRegistry};
 
 pub use lookup::{path_matches, precedence as path_precedence};
 pub use store::TableStore;

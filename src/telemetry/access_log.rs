@@ -43,6 +43,11 @@ pub struct LogLine {
     endpoint: Option<Endpoint>,
     duration: Duration,
     trace: Trace,
+    /// Response body bytes sent to the client.
+    bytes: u64,
+    /// False when the response body did not reach its end (client gone,
+    /// upstream failed mid-body).
+    complete: bool,
 }
 
 impl LogLine {
@@ -62,20 +67,23 @@ impl LogLine {
             endpoint: None,
             duration: Duration::ZERO,
             trace: Default::default(),
+            bytes: 0,
+            complete: true,
         }
     }
 
-    pub fn finish(
-        &mut self,
-        status: StatusCode,
-        endpoint: Option<Endpoint>,
-        duration: Duration,
-        trace: &Trace,
-    ) {
+    /// The response head is known.
+    pub fn finish(&mut self, status: StatusCode, endpoint: Option<Endpoint>, trace: &Trace) {
         self.status = status.as_u16();
         self.endpoint = endpoint;
-        self.duration = duration;
         self.trace = *trace;
+    }
+
+    /// The response body is done (or abandoned).
+    pub fn end(&mut self, bytes: u64, duration: Duration, complete: bool) {
+        self.bytes = bytes;
+        self.duration = duration;
+        self.complete = complete;
     }
 
     /// Render as one JSON object into `out`, by hand: no intermediate
@@ -97,9 +105,11 @@ impl LogLine {
         json_str(out, self.uri.path());
         let _ = write!(
             out,
-            ",\"protocol\":\"{:?}\",\"status\":{},\"duration_ms\":{:.3}",
+            ",\"protocol\":\"{:?}\",\"status\":{},\"bytes\":{},\"complete\":{},\"duration_ms\":{:.3}",
             self.version,
             self.status,
+            self.bytes,
+            self.complete,
             self.duration.as_secs_f64() * 1000.0
         );
         out.push_str(",\"namespace\":");
@@ -157,6 +167,8 @@ impl LogLine {
 pub enum Entry {
     Request(LogLine),
     Json(String),
+    /// Everything queued before it is written: acknowledge.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 fn write_out(buf: &mut String) {
@@ -230,6 +242,11 @@ impl AccessLog {
                         match rx.try_recv() {
                             Ok(Entry::Request(l)) => l.write_json(&mut buf),
                             Ok(Entry::Json(s)) => buf.push_str(&s),
+                            Ok(Entry::Flush(ack)) => {
+                                write_out(&mut buf);
+                                let _ = ack.send(());
+                                continue;
+                            }
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => {
                                 closed = true;
@@ -274,6 +291,27 @@ impl AccessLog {
         }
     }
 
+    /// Wait (up to `within`) until every line queued so far is written:
+    /// shutdown calls it so the last requests' lines are not lost.
+    pub async fn flush(&self, within: Duration) {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut entry = Entry::Flush(ack);
+        loop {
+            match self.tx.try_send(entry) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(e))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    entry = e;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, done).await;
+    }
+
     fn count_drop(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -306,10 +344,10 @@ mod tests {
             .body(())
             .unwrap();
         let mut l = LogLine::start(&conn, &req, "we\"ird.example.com");
+        l.end(42, Duration::from_micros(1500), false);
         l.finish(
             StatusCode::OK,
             None,
-            Duration::from_micros(1500),
             &Trace {
                 sticky: Some("new"),
                 connect: Some(Duration::from_micros(250)),
@@ -323,6 +361,8 @@ mod tests {
         assert_eq!(v["path"], "/p%22ath");
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["bytes"], 42);
+        assert_eq!(v["complete"], false);
         assert_eq!(v["upstream_connect_ms"], 0.25);
         assert!(v["upstream_response_ms"].is_null() && v["route"].is_null());
         assert_eq!(v["sticky"], "new");

@@ -2,6 +2,7 @@
 //! log (JSON lines on stdout, for Fluentd).
 
 pub mod access_log;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -7,19 +7,16 @@ use super::server::ServerTls;
 use super::PrefixedIo;
 use crate::model::admission::Termination;
 use crate::proxy::{self, ConnInfo, Proxy, ServerSettings};
+use crate::telemetry::metrics::{self, TlsRefusal};
 use http::HeaderValue;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
-
-/// Connections closed before a handshake completed (garbage, truncated or
-/// oversized ClientHellos, timeouts, failed verification).
-pub static HANDSHAKE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Serve TLS on `listener` until `shutdown`, then drain.
 pub async fn serve_https(
@@ -42,9 +39,12 @@ pub async fn serve_https(
             graceful.watcher(),
         );
         let local = local.unwrap_or(peer);
+        let open = metrics::HTTPS.open();
         tokio::spawn(async move {
-            if let Err(why) = accept(stream, peer, local, &proxy, &tls, &builder, watcher).await {
-                HANDSHAKE_FAILURES.fetch_add(1, Ordering::Relaxed);
+            if let Err((reason, why)) =
+                accept(stream, peer, local, &proxy, &tls, &builder, watcher, open).await
+            {
+                metrics::tls_refused(reason);
                 debug!(%peer, why, "TLS connection refused");
             }
         });
@@ -53,6 +53,10 @@ pub async fn serve_https(
     proxy::drain(graceful, local, settings.drain).await;
 }
 
+/// Why a connection was refused, for the metric and the debug log.
+type Refused = (TlsRefusal, &'static str);
+
+#[allow(clippy::too_many_arguments)]
 async fn accept(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -61,11 +65,12 @@ async fn accept(
     tls: &ServerTls,
     builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
-) -> Result<(), &'static str> {
+    open: metrics::ConnGuard,
+) -> Result<(), Refused> {
     let mut buf = Vec::with_capacity(1024);
     let hello = tokio::time::timeout(tls.handshake_timeout, read_hello(&mut stream, &mut buf))
         .await
-        .map_err(|_| "ClientHello timed out")??;
+        .map_err(|_| (TlsRefusal::HelloTimeout, "ClientHello timed out"))??;
 
     // Passthrough: the route's own backend terminates TLS.
     if let Some(sni) = hello.sni.as_deref() {
@@ -73,7 +78,10 @@ async fn accept(
         if let Some(route) = route.filter(|r| r.termination == Some(Termination::Passthrough)) {
             if let Some(allow) = &route.settings.allowlist {
                 if !allow.iter().any(|n| n.contains(peer.ip())) {
-                    return Err("client address not in the route's ip_allowlist");
+                    return Err((
+                        TlsRefusal::Passthrough,
+                        "client address not in the route's ip_allowlist",
+                    ));
                 }
             }
             // The route's algorithm (source by default), with failover:
@@ -81,7 +89,10 @@ async fn accept(
             let mut tried = Vec::new();
             let mut up = loop {
                 let Some(pick) = crate::balance::pick(&route.backends, peer.ip(), &tried) else {
-                    return Err("passthrough route has no endpoint that accepts connections");
+                    return Err((
+                        TlsRefusal::Passthrough,
+                        "passthrough route has no endpoint that accepts connections",
+                    ));
                 };
                 let (_, endpoint) = pick.resolve(&route.backends);
                 match proxy.upstreams.connect_tcp(endpoint).await {
@@ -96,15 +107,16 @@ async fn accept(
                             .record_failure(&proxy.health);
                         tried.push(pick);
                         if tried.len() >= 3 {
-                            return Err("passthrough connect failed");
+                            return Err((TlsRefusal::Passthrough, "passthrough connect failed"));
                         }
                     }
                 }
             };
             up.write_all(&buf)
                 .await
-                .map_err(|_| "passthrough write failed")?;
+                .map_err(|_| (TlsRefusal::Passthrough, "passthrough write failed"))?;
             drop(buf);
+            metrics::PASSTHROUGH_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             crate::proxy::tunnel::pipe(stream, up, route.settings.passthrough_idle).await;
             return Ok(());
         }
@@ -125,8 +137,9 @@ async fn accept(
     let io = PrefixedIo::new(buf, crate::io::Flat(stream));
     let tls_stream = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io))
         .await
-        .map_err(|_| "TLS handshake timed out")?
-        .map_err(|_| "TLS handshake failed")?;
+        .map_err(|_| (TlsRefusal::HandshakeTimeout, "TLS handshake timed out"))?
+        .map_err(|_| (TlsRefusal::Handshake, "TLS handshake failed"))?;
+    metrics::TLS_HANDSHAKES.fetch_add(1, Ordering::Relaxed);
     let mut info = ConnInfo::new(peer, local, true);
     info.tls_version = match tls_stream.get_ref().1.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
@@ -141,7 +154,14 @@ async fn accept(
     {
         info.client_dn = super::certs::subject(cert).and_then(|s| HeaderValue::try_from(s).ok());
     }
-    proxy::serve_conn(builder, watcher, tls_stream, Arc::new(info), proxy.clone());
+    proxy::serve_conn(
+        builder,
+        watcher,
+        tls_stream,
+        Arc::new(info),
+        proxy.clone(),
+        open,
+    );
     Ok(())
 }
 
@@ -149,20 +169,23 @@ async fn accept(
 async fn read_hello(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-) -> Result<client_hello::ClientHello, &'static str> {
+) -> Result<client_hello::ClientHello, Refused> {
     loop {
         match client_hello::peek(buf) {
             Peek::Hello(h) => return Ok(h),
-            Peek::NotTls => return Err("not TLS"),
-            Peek::Invalid(why) => return Err(why),
+            Peek::NotTls => return Err((TlsRefusal::NotTls, "not TLS")),
+            Peek::Invalid(why) => return Err((TlsRefusal::BadHello, why)),
             Peek::NeedMore => {
                 if buf.len() >= MAX_HELLO {
-                    return Err("ClientHello too large");
+                    return Err((TlsRefusal::BadHello, "ClientHello too large"));
                 }
                 buf.reserve(4096.min(MAX_HELLO - buf.len()));
-                let n = stream.read_buf(buf).await.map_err(|_| "read failed")?;
+                let n = stream
+                    .read_buf(buf)
+                    .await
+                    .map_err(|_| (TlsRefusal::Closed, "read failed"))?;
                 if n == 0 {
-                    return Err("closed during ClientHello");
+                    return Err((TlsRefusal::Closed, "closed during ClientHello"));
                 }
             }
         }

@@ -220,3 +220,186 @@ async fn secrets_never_appear_in_any_output_or_log() {
         }
     }
 }
+
+/// Parse a Prometheus text exposition strictly: every sample line is
+/// `name{labels} value` with a float value, and every sample's family has a
+/// `# TYPE` line before it. Returns `name{labels}` → value.
+pub fn parse_exposition(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut typed: Vec<String> = Vec::new();
+    let mut out = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            typed.push(rest.split(' ').next().unwrap().to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(
+            typed.iter().any(|t| name == t
+                || name.strip_suffix("_bucket") == Some(t)
+                || name.strip_suffix("_sum") == Some(t)
+                || name.strip_suffix("_count") == Some(t)),
+            "{name} has no TYPE line"
+        );
+        assert!(
+            out.insert(series.to_owned(), value).is_none(),
+            "duplicate series {series}"
+        );
+    }
+    out
+}
+
+/// Known traffic, exact counters: requests by class, bytes each way,
+/// latency and connect histograms, upstream errors, retries, endpoint
+/// totals, listener and table metrics, rejected routes by reason.
+#[tokio::test]
+async fn metrics_after_known_traffic_are_exact() {
+    let up = Upstream::start("m").await;
+    let dead = dead_port().await;
+    let text = format!(
+        "{}{}{}{}{}",
+        service("default", "s", &[up.port()]),
+        service("default", "gone", &[dead]),
+        simple_route("default", "counted", "m.example.com", "", "s"),
+        simple_route("default", "broken", "b.example.com", "", "gone"),
+        simple_route("other", "late", "m.example.com", "", "s"),
+    );
+    let r = TestRouter::start(&[("m.yaml", &text)]).await;
+    for _ in 0..3 {
+        let reply = get(r.http, "m.example.com", "/bytes/1000", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body.len(), 1000);
+    }
+    let post = http::Request::post(format!("http://{}/sink", r.http))
+        .header("host", "m.example.com")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'y';
+            5000
+        ])))
+        .unwrap();
+    let reply = send(&client(), post).await;
+    assert_eq!(reply.body, "5000");
+    assert_eq!(
+        get(r.http, "b.example.com", "/", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // The last response body is counted when it ends: give the server a
+    // moment to finish the exchange.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let m = parse_exposition(&get(r.admin, "admin", "/metrics", &[]).await.body);
+    let v = |k: &str| *m.get(k).unwrap_or_else(|| panic!("{k} missing"));
+    let route = "namespace=\"default\",route=\"counted\"";
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_requests_total{{{route},code=\"2xx\"}}"
+        )),
+        4.0
+    );
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_requests_total{{{route},code=\"5xx\"}}"
+        )),
+        0.0
+    );
+    assert_eq!(
+        v(&format!("gatehouse_route_bytes_in_total{{{route}}}")),
+        5000.0
+    );
+    assert_eq!(
+        v(&format!("gatehouse_route_bytes_out_total{{{route}}}")),
+        3000.0 + 4.0
+    );
+    assert_eq!(
+        v(&format!("gatehouse_route_active_requests{{{route}}}")),
+        0.0
+    );
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_request_duration_seconds_count{{{route}}}"
+        )),
+        4.0
+    );
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_request_duration_seconds_bucket{{{route},le=\"+Inf\"}}"
+        )),
+        4.0
+    );
+    let connects = v(&format!(
+        "gatehouse_route_upstream_connect_seconds_count{{{route}}}"
+    ));
+    assert!((1.0..=4.0).contains(&connects), "{connects}");
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_upstream_errors_total{{{route},kind=\"connect\"}}"
+        )),
+        0.0
+    );
+    let endpoint = format!(
+        "namespace=\"default\",service=\"s\",endpoint=\"127.0.0.1:{}\"",
+        up.port()
+    );
+    assert_eq!(
+        v(&format!(
+            "gatehouse_endpoint_requests_total{{{endpoint},code=\"2xx\"}}"
+        )),
+        4.0
+    );
+    assert_eq!(
+        v(&format!("gatehouse_endpoint_bytes_out_total{{{endpoint}}}")),
+        3004.0
+    );
+    assert_eq!(v(&format!("gatehouse_endpoint_up{{{endpoint}}}")), 1.0);
+
+    let broken = "namespace=\"default\",route=\"broken\"";
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_requests_total{{{broken},code=\"5xx\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        v(&format!(
+            "gatehouse_route_upstream_errors_total{{{broken},kind=\"connect\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        v(&format!("gatehouse_route_retries_total{{{broken}}}")),
+        0.0
+    );
+    let gone = format!("namespace=\"default\",service=\"gone\",endpoint=\"127.0.0.1:{dead}\"");
+    assert_eq!(
+        v(&format!("gatehouse_endpoint_failures_total{{{gone}}}")),
+        1.0
+    );
+
+    assert_eq!(v("gatehouse_routes{state=\"admitted\"}"), 2.0);
+    assert_eq!(v("gatehouse_routes{state=\"rejected\"}"), 1.0);
+    assert_eq!(
+        v("gatehouse_routes_rejected{reason=\"HostAlreadyClaimed\"}"),
+        1.0
+    );
+    assert!(v("gatehouse_listener_connections_total{listener=\"http\"}") >= 5.0);
+    assert!(v("gatehouse_table_compiles_total{kind=\"full\"}") >= 1.0);
+    assert!(v("gatehouse_table_compile_duration_seconds_count") >= 1.0);
+    assert!(v("gatehouse_table_last_swap_timestamp_seconds") > 1.7e9);
+    assert!(v("gatehouse_table_generation") >= 1.0);
+    assert_eq!(v("gatehouse_source_synced"), 1.0);
+    assert_eq!(v("gatehouse_ready"), 1.0);
+    assert_eq!(
+        v("gatehouse_tls_handshake_failures_total{reason=\"not_tls\"}"),
+        0.0
+    );
+    r.stop().await;
+}

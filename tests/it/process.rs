@@ -310,6 +310,9 @@ async fn access_log_writes_one_json_line_per_request() {
     assert_eq!(v["route"], "web");
     assert_eq!(v["request_id"], "trace-42");
     assert_eq!(v["endpoint"], format!("127.0.0.1:{}", up.port()));
+    // The line is written when the body is done: it knows its size.
+    assert_eq!(v["bytes"], reply.body.len() as u64);
+    assert_eq!(v["complete"], true);
     // RFC 3339 UTC with milliseconds, as Elasticsearch maps it.
     let time = v["time"].as_str().unwrap();
     assert!(
