@@ -116,6 +116,10 @@ GH_ACCESS_LOG=${GH_ACCESS_LOG:-off}
 SCRAPE=${SCRAPE:-0}
 WAIT_IDLE=${WAIT_IDLE:-600}
 RETRIES=${RETRIES:-2}
+# Instructions per request (user + kernel, from `perf stat -p` over each
+# run): nearly free of the machine's noise, so small changes show. Off when
+# perf is missing or not allowed.
+PERF=${PERF:-1}
 
 NGINX_PORT=$BASE_PORT
 GH_PORT=$((BASE_PORT + 1))
@@ -197,6 +201,13 @@ for p in $NGINX_PORT $GH_PORT $GH_ADMIN $HAP_PORT $GH_HTTPS $HAP_HTTPS $NGINX_ST
 done
 
 want() { [[ " $PROXIES " == *" $1 "* ]]; }
+
+if [ "$PERF" = 1 ]; then
+    if ! command -v perf >/dev/null || ! perf stat -x, -e instructions -- true 2>&1 | grep -q '^[0-9]'; then
+        say "perf cannot count instructions here (no perf, or no hardware counters in this VM): instructions/request off; benches/load/instructions.sh counts them with callgrind"
+        PERF=0
+    fi
+fi
 
 # ---------------------------------------------------------------- build
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
@@ -305,12 +316,7 @@ mkdir -p "$MANIFESTS"
 cat >"$MANIFESTS/hello.yaml" <<EOF
 apiVersion: v1
 kind: Service
-# HAProxy's config here inserts no sticky cookie, so neither does gatehouse
-# (same work on both sides).
-metadata:
-  name: hello
-  namespace: bench
-  annotations: {haproxy.router.openshift.io/disable_cookies: "true"}
+metadata: {name: hello, namespace: bench}
 spec:
   ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
 ---
@@ -323,7 +329,12 @@ subsets:
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
-metadata: {name: hello, namespace: bench}
+# HAProxy's config here inserts no sticky cookie, so neither does gatehouse
+# (same work on both sides).
+metadata:
+  name: hello
+  namespace: bench
+  annotations: {haproxy.router.openshift.io/disable_cookies: "true"}
 spec:
   host: $HOST
   to: {kind: Service, name: hello}
@@ -532,7 +543,7 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=$ROOT/benches/load/out/$STAMP
 mkdir -p "$OUT"
 CSV=$OUT/rounds.csv
-echo "scenario,round,proxy,req_per_s,p99_us,proxy_cpu_pct,load_cpu_pct,requests,non_2xx,socket_errors,upstream_conns,tls_full,tls_resumed,compilers_running,proxy_cpu_us_per_req" >"$CSV"
+echo "scenario,round,proxy,req_per_s,p99_us,proxy_cpu_pct,load_cpu_pct,requests,non_2xx,socket_errors,upstream_conns,tls_full,tls_resumed,compilers_running,proxy_cpu_us_per_req,instructions_per_req" >"$CSV"
 {
     echo "date: $(date -Is)"
     echo "host: $(uname -srm), $(nproc) cpus, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -581,6 +592,11 @@ run_wrk() {
             WRK_NO_RESUME="$([ "$s" = tls-resume ] && echo 0 || echo 1)")
         ;;
     esac
+    local perf_pid=""
+    if [ "$PERF" = 1 ] && [ "$p" != direct ]; then
+        perf stat -x, -e instructions -p "${PID[$p]}" -o "$file.perf" 2>/dev/null &
+        perf_pid=$!
+    fi
     a0=$(nginx_accepts)
     c0=$(cpu_ticks "${PID[$p]}")
     l0=$(cpu_busy "$LOAD_CPU")
@@ -591,6 +607,10 @@ run_wrk() {
     c1=$(cpu_ticks "${PID[$p]}")
     l1=$(cpu_busy "$LOAD_CPU")
     a1=$(nginx_accepts)
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+    fi
     kill -0 "${PID[$p]}" 2>/dev/null || die "$p died under load ($s)"
     local rps p99 reqs non2xx sockerr cpu load full=- resumed=- busy=0
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$file")
@@ -609,6 +629,9 @@ run_wrk() {
     # Minus the stub_status request itself.
     RES="$rps $(to_us "$p99") $cpu $load ${reqs:-0} ${non2xx:-0} ${sockerr:-0} $((a1 - a0 - 1)) $full $resumed $busy"
     RES+=" $(awk -v c="$cpu" -v r="$rps" 'BEGIN { printf "%.2f", (r > 0 ? c * 1e4 / r : 0) }')"
+    local instr=0
+    [ ! -s "$file.perf" ] || instr=$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ { print $1 }' "$file.perf")
+    RES+=" $(awk -v i="${instr:-0}" -v n="${reqs:-0}" 'BEGIN { printf "%.0f", (n > 0 ? i / n : 0) }')"
 }
 
 scenario_title() {
@@ -649,11 +672,11 @@ for s in "${SCEN[@]}"; do
             rows=() tainted=0
             for p in "${LOADED[@]}"; do
                 run_wrk "$s" "$p" "$DURATION" "$OUT/$s-round$r-$p.txt"
-                read -r rps p99 cpu load reqs non2xx sockerr conns full resumed busy cpureq <<<"$RES"
-                rows+=("$s,$r,$p,$rps,$p99,$cpu,$load,$reqs,$non2xx,$sockerr,$conns,$full,$resumed,$busy,$cpureq")
+                read -r rps p99 cpu load reqs non2xx sockerr conns full resumed busy cpureq instr <<<"$RES"
+                rows+=("$s,$r,$p,$rps,$p99,$cpu,$load,$reqs,$non2xx,$sockerr,$conns,$full,$resumed,$busy,$cpureq,$instr")
                 [ "$busy" = 0 ] || tainted=1
-                printf '   %s round %d %-9s %10s req/s   p99 %9s us   %s cpu %5s%% (%s us/req)   load cpu %5s%%%s%s%s\n' \
-                    "$s" "$r" "$p" "$rps" "$p99" "$([ "$p" = direct ] && echo nginx || echo proxy)" "$cpu" "$cpureq" "$load" \
+                printf '   %s round %d %-9s %10s req/s   p99 %9s us   %s cpu %5s%% (%s us/req, %s instr/req)   load cpu %5s%%%s%s%s\n' \
+                    "$s" "$r" "$p" "$rps" "$p99" "$([ "$p" = direct ] && echo nginx || echo proxy)" "$cpu" "$cpureq" "$instr" "$load" \
                     "$([ "$s" = h1 ] || echo "   handshakes $full full, $resumed resumed")" \
                     "$([ "$non2xx$sockerr" = 00 ] || echo "   non-2xx $non2xx, socket errors $sockerr")" \
                     "$([ "$busy" = 0 ] || echo "   COMPILER RUNNING")" >&2
@@ -739,6 +762,8 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
                 -v target="$([ "$s" = h1 ] && echo "  (target >= 1.2)" || echo "                ")" 'BEGIN {
                 printf "gatehouse/haproxy        throughput %.3f%s   p99 %.3f  cpu/req %.3f  (lower is better)\n", g / h, target, gl / hl, gc / hc
                 printf "  median of per-round    throughput %.3f                    p99 %.3f\n", rt, rl }'
+            awk -v g="$(median instructions_per_req "$s" gatehouse)" -v h="$(median instructions_per_req "$s" haproxy)" 'BEGIN {
+                if (g > 0 && h > 0) printf "  instructions/request   gatehouse %d  haproxy %d  ratio %.3f (perf stat, user+kernel)\n", g, h, g / h }'
         fi
     done
     if [ "$TLS" = 1 ]; then

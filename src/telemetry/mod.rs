@@ -24,6 +24,13 @@ pub fn init_logging(json: bool) {
 /// `2024-01-02T03:04:05.678Z` for a time since the Unix epoch (UTC, as
 /// Elasticsearch and the Kubernetes API write it).
 pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
+    let mut s = String::with_capacity(24);
+    push_rfc3339_millis(&mut s, since_epoch);
+    s
+}
+
+/// [`rfc3339_millis`] appended to `out` without formatting machinery.
+pub fn push_rfc3339_millis(out: &mut String, since_epoch: std::time::Duration) {
     let secs = since_epoch.as_secs() as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -36,14 +43,27 @@ pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    )
+    let y = (yoe + era * 400 + i64::from(m <= 2)).clamp(0, 9999);
+    let digits = |out: &mut String, v: i64, width: u32| {
+        for k in (0..width).rev() {
+            let p = 10i64.pow(k);
+            out.push(char::from(b'0' + (v / p % 10) as u8));
+        }
+    };
+    digits(out, y, 4);
+    out.push('-');
+    digits(out, m, 2);
+    out.push('-');
+    digits(out, d, 2);
+    out.push('T');
+    digits(out, rem / 3600, 2);
+    out.push(':');
+    digits(out, rem % 3600 / 60, 2);
+    out.push(':');
+    digits(out, rem % 60, 2);
+    out.push('.');
+    digits(out, i64::from(since_epoch.subsec_millis()), 3);
+    out.push('Z');
 }
 
 #[cfg(test)]

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind: a figure this noisy VM
+# cannot move (wall-clock req/s here swing ±10 % from minute to minute), so
+# a change's cost or gain shows even when it is 1 %.
+#
+# What it does
+#   1. cargo build --release (unless SKIP_BUILD=1).
+#   2. nginx as the upstream (`return 200 "hello\n"`, keep-alive), a
+#      manifests directory with Route `hello` plus FILLER routes, the same
+#      HAProxy config as benches/load/run.sh (host map, http-reuse always,
+#      option forwardfor, nbthread 1, no logging).
+#   3. For each VARIANT, starts the proxy under
+#      `valgrind --tool=callgrind --instr-atstart=no`, warms it up
+#      uncounted, switches counting on (callgrind_control -i on), sends
+#      REQUESTS requests with `h2load --h1 -c CONNECTIONS` (keep-alive),
+#      switches counting off and reads the total instructions (user space:
+#      callgrind does not see the kernel).
+#   4. A `scrape` row: instructions of one GET /metrics with the same table,
+#      so its per-second cost can be set against the request rate.
+#   5. Prints instructions per request per variant, and the ratios; appends
+#      one line per variant to benches/load/instructions.tsv with the commit.
+#
+# Variants (VARIANTS, default "gatehouse gatehouse-json haproxy")
+#   gatehouse        access log off
+#   gatehouse-json   JSON access log on (to a file)
+#   haproxy          HAProxy 2.6 (Debian), logging off
+#
+# Usage
+#   bash benches/load/instructions.sh
+#   REQUESTS=50000 VARIANTS=gatehouse bash benches/load/instructions.sh
+#
+# Environment: REQUESTS [20000], CONNECTIONS [10], WARMUP [2000], FILLER
+# [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv).
+
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT=$PWD
+REQUESTS=${REQUESTS:-20000}
+CONNECTIONS=${CONNECTIONS:-10}
+WARMUP=${WARMUP:-2000}
+FILLER=${FILLER:-100}
+SKIP_BUILD=${SKIP_BUILD:-0}
+BASE_PORT=${BASE_PORT:-18380}
+RECORD=${RECORD:-1}
+VARIANTS=${VARIANTS:-"gatehouse gatehouse-json haproxy"}
+NGINX_PORT=$BASE_PORT
+PROXY_PORT=$((BASE_PORT + 1))
+ADMIN_PORT=$((BASE_PORT + 2))
+HOST=hello.bench.local
+
+say() { printf '== %s\n' "$*" >&2; }
+die() {
+    printf 'instructions.sh: %s\n' "$*" >&2
+    exit 1
+}
+for tool in valgrind callgrind_control h2load nginx haproxy curl; do
+    command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y valgrind nghttp2-client nginx-light haproxy curl)"
+done
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+if [ "$SKIP_BUILD" != 1 ]; then
+    say "cargo build --release"
+    cargo build --release --bin gatehouse >&2 || die "cargo build --release failed"
+fi
+GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
+
+wait_http() { # url status seconds
+    for _ in $(seq $(($3 * 10))); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST" "$1" || true)" = "$2" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------- upstream
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / { default_type text/plain; return 200 "hello\n"; }
+    }
+}
+EOF
+nginx -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/out.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NGINX_PORT/" 200 10 || die "nginx did not start: $(cat "$TMP/nginx/error.log")"
+
+# ---------------------------------------------------------------- routes
+mkdir -p "$TMP/manifests" "$TMP/haproxy"
+{
+    cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: bench}
+spec:
+  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: hello, namespace: bench}
+subsets:
+- addresses: [{ip: 127.0.0.1}]
+  ports: [{name: http, port: $NGINX_PORT}]
+---
+apiVersion: route.openshift.io/v1
+kind: Route
+# HAProxy's config here inserts no sticky cookie, so neither does gatehouse
+# (same work on both sides).
+metadata:
+  name: hello
+  namespace: bench
+  annotations: {haproxy.router.openshift.io/disable_cookies: "true"}
+spec:
+  host: $HOST
+  to: {kind: Service, name: hello}
+  port: {targetPort: http}
+EOF
+    for i in $(seq 1 "$FILLER"); do
+        cat <<EOF
+---
+apiVersion: v1
+kind: Service
+metadata: {name: filler$i, namespace: bench}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: filler$i, namespace: bench}
+subsets:
+- addresses: [{ip: 127.0.1.$((i % 250 + 1))}]
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: route.openshift.io/v1
+kind: Route
+metadata: {name: filler$i, namespace: bench}
+spec:
+  host: filler$i.bench.local
+  to: {kind: Service, name: filler$i}
+  port: {targetPort: http}
+EOF
+    done
+} >"$TMP/manifests/routes.yaml"
+{
+    echo "$HOST be_hello"
+    for i in $(seq 1 "$FILLER"); do echo "filler$i.bench.local be_filler$i"; done
+} >"$TMP/haproxy/hosts.map"
+{
+    cat <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+frontend fe_http
+    bind 127.0.0.1:$PROXY_PORT
+    use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
+backend be_hello
+    http-reuse always
+    option forwardfor
+    server nginx 127.0.0.1:$NGINX_PORT
+EOF
+    for i in $(seq 1 "$FILLER"); do
+        printf 'backend be_filler%s\n    http-reuse always\n    option forwardfor\n    server s1 127.0.1.%s:8080\n' "$i" "$((i % 250 + 1))"
+    done
+} >"$TMP/haproxy/haproxy.cfg"
+
+# ---------------------------------------------------------------- measure
+# run_variant NAME → prints "instructions requests"
+start_variant() {
+    local v=$1
+    local vg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/$v.%p.out")
+    case $v in
+    gatehouse | gatehouse-json)
+        local log=off
+        [ "$v" = gatehouse ] || log=json
+        env GATEHOUSE_WORKER_THREADS=1 "${vg[@]}" "$GATEHOUSE" run --manifests "$TMP/manifests" \
+            --http "127.0.0.1:$PROXY_PORT" --admin "127.0.0.1:$ADMIN_PORT" --access-log "$log" \
+            >"$TMP/$v.stdout" 2>"$TMP/$v.log" &
+        ;;
+    haproxy)
+        "${vg[@]}" haproxy -db -f "$TMP/haproxy/haproxy.cfg" >"$TMP/$v.stdout" 2>"$TMP/$v.log" &
+        ;;
+    *) die "unknown variant $v (gatehouse, gatehouse-json, haproxy)" ;;
+    esac
+    VPID=$!
+    PIDS+=("$VPID")
+    wait_http "http://127.0.0.1:$PROXY_PORT/" 200 120 || die "$v did not serve: $(tail -n 20 "$TMP/$v.log")"
+}
+
+# Total instructions callgrind counted while collection was on.
+counted() {
+    callgrind_control -d "$VPID" >/dev/null 2>&1 || true
+    sleep 1
+    local total=0 f n
+    for f in "$TMP"/"$1".*.out*; do
+        [ -e "$f" ] || continue
+        n=$(awk '/^totals:/ { print $2 }' "$f")
+        total=$((total + ${n:-0}))
+    done
+    rm -f "$TMP"/"$1".*.out*
+    echo "$total"
+}
+
+load() { # requests
+    h2load --h1 -n "$1" -c "$CONNECTIONS" -H ":authority: $HOST" "http://127.0.0.1:$PROXY_PORT/" >"$TMP/h2load.txt" 2>&1 ||
+        die "h2load failed: $(cat "$TMP/h2load.txt")"
+    local ok
+    ok=$(awk '/^status codes:/ { print $3 }' "$TMP/h2load.txt")
+    [ "$ok" = "$1" ] || die "h2load: only $ok of $1 requests got 2xx: $(cat "$TMP/h2load.txt")"
+}
+
+declare -A PER
+COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')
+for v in $VARIANTS; do
+    say "$v: starting under callgrind"
+    start_variant "$v"
+    load "$WARMUP"
+    counted "$v" >/dev/null # discard anything dumped so far
+    callgrind_control -i on "$VPID" >/dev/null
+    load "$REQUESTS"
+    callgrind_control -i off "$VPID" >/dev/null
+    n=$(counted "$v")
+    PER[$v]=$((n / REQUESTS))
+    say "$v: $n instructions for $REQUESTS requests = ${PER[$v]} per request"
+    if [ "$v" = gatehouse ]; then
+        for _ in 1 2; do curl -s -o /dev/null "http://127.0.0.1:$ADMIN_PORT/metrics"; done
+        counted "$v" >/dev/null
+        callgrind_control -i on "$VPID" >/dev/null
+        for _ in $(seq 10); do curl -s -o "$TMP/metrics.txt" "http://127.0.0.1:$ADMIN_PORT/metrics"; done
+        callgrind_control -i off "$VPID" >/dev/null
+        PER[scrape]=$(($(counted "$v") / 10))
+        say "one /metrics scrape ($(wc -l <"$TMP/metrics.txt") lines, $((FILLER + 1)) routes): ${PER[scrape]} instructions"
+    fi
+    kill -TERM "$VPID" 2>/dev/null || true
+    wait "$VPID" 2>/dev/null || true
+done
+
+echo
+echo "instructions per request (callgrind, user space; h2load --h1 -c $CONNECTIONS, $REQUESTS requests, $((FILLER + 1)) routes), commit $COMMIT"
+for v in $VARIANTS scrape; do
+    [ -n "${PER[$v]:-}" ] || continue
+    printf '  %-16s %10s%s\n' "$v" "${PER[$v]}" "$([ "$v" = scrape ] && echo '  (one /metrics scrape)')"
+    if [ "$RECORD" = 1 ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Is)" "$COMMIT" "$v" "${PER[$v]}" "$REQUESTS" "$CONNECTIONS" >>"$ROOT/benches/load/instructions.tsv"
+    fi
+done
+if [ -n "${PER[gatehouse]:-}" ] && [ -n "${PER[haproxy]:-}" ]; then
+    awk -v g="${PER[gatehouse]}" -v h="${PER[haproxy]}" 'BEGIN { printf "  gatehouse/haproxy %.3f\n", g / h }'
+fi
+if [ -n "${PER[gatehouse]:-}" ] && [ -n "${PER[gatehouse-json]:-}" ]; then
+    awk -v g="${PER[gatehouse]}" -v j="${PER[gatehouse-json]}" 'BEGIN { printf "  JSON access log: +%.1f %% instructions per request\n", 100 * (j - g) / g }'
+fi
+if [ -n "${PER[gatehouse]:-}" ] && [ -n "${PER[scrape]:-}" ]; then
+    # A scrape a second against a router serving 40k req/s.
+    awk -v g="${PER[gatehouse]}" -v s="${PER[scrape]}" 'BEGIN { printf "  one scrape per second at 40k req/s: +%.3f %% instructions\n", 100 * s / (g * 40000) }'
+fi
