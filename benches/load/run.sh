@@ -114,6 +114,11 @@ SCENARIOS=${SCENARIOS:-"h1 tls-keepalive tls-handshake"}
 # during the runs. Compare the gatehouse/haproxy ratio with and without.
 GH_ACCESS_LOG=${GH_ACCESS_LOG:-off}
 SCRAPE=${SCRAPE:-0}
+# A/B: a second gatehouse ("gatehouse-b") loaded in the same rounds, with
+# extra arguments (GH_B_ARGS, e.g. "--access-log json") and/or another
+# binary (GATEHOUSE_B). Same-run ratios cancel this VM's drift.
+GH_B_ARGS=${GH_B_ARGS:-}
+GATEHOUSE_B=${GATEHOUSE_B:-}
 WAIT_IDLE=${WAIT_IDLE:-600}
 RETRIES=${RETRIES:-2}
 # Instructions per request (user + kernel, from `perf stat -p` over each
@@ -128,6 +133,8 @@ HAP_PORT=$((BASE_PORT + 3))
 GH_HTTPS=$((BASE_PORT + 4))
 HAP_HTTPS=$((BASE_PORT + 5))
 NGINX_STATUS=$((BASE_PORT + 6))
+GHB_PORT=$((BASE_PORT + 7))
+GHB_ADMIN=$((BASE_PORT + 8))
 HOST=hello.bench.local
 TLS_HOST=hello-tls.bench.local
 BODY=hello
@@ -459,6 +466,19 @@ if want gatehouse; then
     wait_http "http://127.0.0.1:$GH_ADMIN/readyz" 200 30 "$LAST" ||
         die "gatehouse did not become ready on 127.0.0.1:$GH_ADMIN/readyz; its log:
 $(tail -n 40 "$TMP/gatehouse.log")"
+    if [ -n "$GH_B_ARGS$GATEHOUSE_B" ]; then
+        read -r -a b_args <<<"$GH_B_ARGS"
+        [[ " $GH_B_ARGS " == *" --access-log "* ]] || b_args+=(--access-log "$GH_ACCESS_LOG")
+        start "$PROXY_CPU" "$TMP/gatehouse-b.log" env GATEHOUSE_WORKER_THREADS=1 \
+            "${GATEHOUSE_B:-$GATEHOUSE}" run --manifests "$MANIFESTS" \
+            --http "127.0.0.1:$GHB_PORT" --admin "127.0.0.1:$GHB_ADMIN" "${b_args[@]}"
+        PID[gatehouse-b]=$LAST
+        PORT[gatehouse-b]=$GHB_PORT
+        wait_http "http://127.0.0.1:$GHB_ADMIN/readyz" 200 30 "$LAST" ||
+            die "gatehouse-b did not become ready; its log:
+$(tail -n 40 "$TMP/gatehouse-b.log")"
+        say "gatehouse-b on 127.0.0.1:$GHB_PORT: ${GATEHOUSE_B:-$GATEHOUSE} $GH_B_ARGS"
+    fi
     say "gatehouse on 127.0.0.1:$GH_PORT$([ "$TLS" = 0 ] || echo ", https :$GH_HTTPS") (cpu $PROXY_CPU, 1 worker thread), admin :$GH_ADMIN, access log $GH_ACCESS_LOG"
     if [ "$SCRAPE" = 1 ]; then
         start "$LOAD_CPU" "$TMP/scrape.log" bash -c \
@@ -479,6 +499,7 @@ fi
 [ ${#PID[@]} -gt 0 ] || die "PROXIES=\"$PROXIES\" names neither gatehouse nor haproxy"
 ORDER=()
 for p in gatehouse haproxy; do want "$p" && ORDER+=("$p"); done
+[ -z "${PID[gatehouse-b]:-}" ] || ORDER+=(gatehouse-b)
 
 # ---------------------------------------------------------------- verify
 for p in "${ORDER[@]}"; do
@@ -762,6 +783,13 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
                 -v target="$([ "$s" = h1 ] && echo "  (target >= 1.2)" || echo "                ")" 'BEGIN {
                 printf "gatehouse/haproxy        throughput %.3f%s   p99 %.3f  cpu/req %.3f  (lower is better)\n", g / h, target, gl / hl, gc / hc
                 printf "  median of per-round    throughput %.3f                    p99 %.3f\n", rt, rl }'
+            if [ -n "${PID[gatehouse-b]:-}" ]; then
+                per_b=$(awk -F, -v s="$s" 'NR > 1 && $1 == s { v[$2, $3] = $4; c[$2, $3] = $15; if ($2 > n) n = $2 }
+                    END { for (r = 1; r <= n; r++) if (v[r, "gatehouse"] > 0 && c[r, "gatehouse"] > 0)
+                        printf "%.4f %.4f\n", v[r, "gatehouse-b"] / v[r, "gatehouse"], c[r, "gatehouse-b"] / c[r, "gatehouse"] }' "$CSV")
+                awk -v t="$(awk '{ print $1 }' <<<"$per_b" | med)" -v c="$(awk '{ print $2 }' <<<"$per_b" | med)" -v a="$GH_B_ARGS" 'BEGIN {
+                    printf "  gatehouse-b/gatehouse  throughput %.3f  cpu/req %.3f  (median of per-round ratios; b: %s)\n", t, c, a }'
+            fi
             awk -v g="$(median instructions_per_req "$s" gatehouse)" -v h="$(median instructions_per_req "$s" haproxy)" 'BEGIN {
                 if (g > 0 && h > 0) printf "  instructions/request   gatehouse %d  haproxy %d  ratio %.3f (perf stat, user+kernel)\n", g, h, g / h }'
         fi
