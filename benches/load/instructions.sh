@@ -30,7 +30,9 @@
 #   REQUESTS=50000 VARIANTS=gatehouse bash benches/load/instructions.sh
 #
 # Environment: REQUESTS [20000], CONNECTIONS [10], WARMUP [2000], FILLER
-# [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv).
+# [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv),
+# KEEP [0] (1: keep the callgrind files of the counted runs in
+# benches/load/out/callgrind-<time>/ for `callgrind_annotate --inclusive=yes`).
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -42,6 +44,7 @@ FILLER=${FILLER:-100}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BASE_PORT=${BASE_PORT:-18380}
 RECORD=${RECORD:-1}
+KEEP=${KEEP:-0}
 VARIANTS=${VARIANTS:-"gatehouse gatehouse-json haproxy"}
 NGINX_PORT=$BASE_PORT
 PROXY_PORT=$((BASE_PORT + 1))
@@ -183,7 +186,14 @@ frontend fe_http
     use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
 backend be_hello
     http-reuse always
+    # The forwarded headers the OpenShift router's template sets (policy
+    # "append"), which gatehouse sets too: same work on both sides.
     option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]
     server nginx 127.0.0.1:$NGINX_PORT
 EOF
     for i in $(seq 1 "$FILLER"); do
@@ -224,6 +234,10 @@ counted() {
         n=$(awk '/^totals:/ { print $2 }' "$f")
         total=$((total + ${n:-0}))
     done
+    if [ "$KEEP" = 1 ] && [ "$total" -gt 0 ]; then
+        mkdir -p "$KEPT"
+        for f in "$TMP"/"$1".*.out.*; do mv "$f" "$KEPT/$1.$(basename "$f" | tr -dc 0-9.)callgrind"; done
+    fi
     rm -f "$TMP"/"$1".*.out*
     echo "$total"
 }
@@ -237,6 +251,7 @@ load() { # requests
 }
 
 declare -A PER
+KEPT=$ROOT/benches/load/out/callgrind-$(date +%Y%m%d-%H%M%S)
 COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')
 for v in $VARIANTS; do
     say "$v: starting under callgrind"
@@ -271,6 +286,7 @@ for v in $VARIANTS scrape; do
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Is)" "$COMMIT" "$v" "${PER[$v]}" "$REQUESTS" "$CONNECTIONS" >>"$ROOT/benches/load/instructions.tsv"
     fi
 done
+[ "$KEEP" != 1 ] || echo "  callgrind files: $KEPT"
 if [ -n "${PER[gatehouse]:-}" ] && [ -n "${PER[haproxy]:-}" ]; then
     awk -v g="${PER[gatehouse]}" -v h="${PER[haproxy]}" 'BEGIN { printf "  gatehouse/haproxy %.3f\n", g / h }'
 fi
