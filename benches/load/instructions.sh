@@ -31,6 +31,7 @@
 #
 # Environment: REQUESTS [20000], CONNECTIONS [10], WARMUP [2000], FILLER
 # [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv),
+# CALLGRIND_ARGS [] (e.g. --cache-sim=yes: cache misses in the kept files),
 # KEEP [0] (1: keep the callgrind files of the counted runs in
 # benches/load/out/callgrind-<time>/ for `callgrind_annotate --inclusive=yes`).
 
@@ -205,7 +206,7 @@ EOF
 # run_variant NAME → prints "instructions requests"
 start_variant() {
     local v=$1
-    local vg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/$v.%p.out")
+    local vg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$TMP/$v.%p.out" ${CALLGRIND_ARGS:-})
     case $v in
     gatehouse | gatehouse-json)
         local log=off

@@ -167,8 +167,13 @@ pub(crate) fn serve_conn<I>(
             id = tracing::field::Empty
         );
         use tracing::Instrument as _;
-        async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
-            .instrument(span)
+        // Boxed: hyper keeps the service future in a per-connection box
+        // sized for it, idle or not; a pointer there instead of the whole
+        // request future keeps idle connections small.
+        Box::pin(
+            async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
+                .instrument(span),
+        )
     });
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)

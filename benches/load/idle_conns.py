@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Memory per idle keep-alive connection of a running proxy.
+
+Usage: idle_conns.py PID PORT HOST [N]
+
+Opens N client connections (default 10000) to 127.0.0.1:PORT, sends one
+keep-alive GET with Host: HOST on each, reads each whole response (every one
+must be 200), then holds them all open and idle. Prints one line:
+
+    conns=N rss_before_kib=… rss_after_kib=… per_conn_bytes=… failed=…
+
+RSS is the proxy's VmRSS from /proc/PID/status, read after a short settle
+before the connections and while they are all open. `failed` counts
+connections that did not get a 200 (must be 0).
+"""
+
+import asyncio
+import resource
+import sys
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def one(port: int, host: str, held: list) -> bool:
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    w.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await w.drain()
+    try:
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+        w.close()
+        return False
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await r.readexactly(length)
+    held.append(w)
+    return head.startswith(b"HTTP/1.1 200")
+
+
+async def main() -> None:
+    pid, port, host = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    n = int(sys.argv[4]) if len(sys.argv) > 4 else 10000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1024)), hard))
+    await asyncio.sleep(0.5)
+    before = rss_kib(pid)
+    held: list = []
+    ok = 0
+    # In batches, so the listen backlog never overflows.
+    for start in range(0, n, 500):
+        batch = [one(port, host, held) for _ in range(min(500, n - start))]
+        ok += sum(await asyncio.gather(*batch))
+    await asyncio.sleep(2)
+    after = rss_kib(pid)
+    per = (after - before) * 1024 / max(ok, 1)
+    print(f"conns={ok} rss_before_kib={before} rss_after_kib={after} per_conn_bytes={per:.0f} failed={n - ok}")
+    for w in held:
+        w.close()
+
+
+asyncio.run(main())
