@@ -135,6 +135,12 @@ HAP_HTTPS=$((BASE_PORT + 5))
 NGINX_STATUS=$((BASE_PORT + 6))
 GHB_PORT=$((BASE_PORT + 7))
 GHB_ADMIN=$((BASE_PORT + 8))
+HAP_H2=$((BASE_PORT + 9))
+NGINX_TLS=$((BASE_PORT + 10))
+HAP_PASS=$((BASE_PORT + 11))
+PASS_HOST=pass.bench.local
+RATE=${RATE:-20000}
+IDLE_CONNS=${IDLE_CONNS:-8000}
 HOST=hello.bench.local
 TLS_HOST=hello-tls.bench.local
 BODY=hello
@@ -171,15 +177,25 @@ trap 'exit 130' INT TERM
 read -r -a SCEN <<<"$SCENARIOS"
 [ ${#SCEN[@]} -gt 0 ] || die "SCENARIOS is empty"
 TLS=0
+IDLE=0
 for s in "${SCEN[@]}"; do
     case $s in
-    h1) ;;
-    tls-keepalive | tls-handshake | tls-resume) TLS=1 ;;
-    *) die "unknown scenario '$s' in SCENARIOS (h1, tls-keepalive, tls-handshake, tls-resume)" ;;
+    h1 | h1-close | body-64k | body-1m | h2 | rate | swap) ;;
+    tls-keepalive | tls-handshake | tls-resume | passthrough) TLS=1 ;;
+    idle) IDLE=1 ;;
+    *) die "unknown scenario '$s' in SCENARIOS (h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake tls-resume passthrough rate swap idle)" ;;
     esac
 done
+# The idle scenario is not a load run: it is measured once per proxy, after
+# the load scenarios.
+LOAD_SCEN=()
+for s in "${SCEN[@]}"; do [ "$s" = idle ] || LOAD_SCEN+=("$s"); done
+if [[ " ${SCEN[*]} " == *" swap "* ]] && [ "$FILLER" -lt 10000 ]; then
+    say "swap scenario: 10k routes (FILLER=10000)"
+    FILLER=10000
+fi
 
-for tool in wrk curl taskset haproxy awk; do
+for tool in wrk h2load python3 curl taskset haproxy awk; do
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y $tool)"
 done
 if [ "$TLS" = 1 ]; then
@@ -257,6 +273,28 @@ HZ=$(getconf CLK_TCK)
 # "busy total" jiffies of one CPU, from /proc/stat.
 cpu_busy() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
 
+# ---------------------------------------------------------------- TLS material
+# One ECDSA P-256 certificate for both proxies (gatehouse: the edge route's
+# certificate and the default certificate; HAProxy: its only certificate).
+if [ "$TLS" = 1 ]; then
+    mkdir -p "$TMP/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=$TLS_HOST" -addext "subjectAltName=DNS:$TLS_HOST" \
+        -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" >"$TMP/tls/openssl.log" 2>&1 ||
+        die "openssl req failed: $(cat "$TMP/tls/openssl.log")"
+    cat "$TMP/tls/cert.pem" "$TMP/tls/key.pem" >"$TMP/tls/combined.pem"
+    # The passthrough backend's own certificate (the client sees it through
+    # both proxies).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=$PASS_HOST" -addext "subjectAltName=DNS:$PASS_HOST" \
+        -keyout "$TMP/tls/pass-key.pem" -out "$TMP/tls/pass-cert.pem" >>"$TMP/tls/openssl.log" 2>&1 ||
+        die "openssl req failed: $(cat "$TMP/tls/openssl.log")"
+    CERT_FP=$(openssl x509 -in "$TMP/tls/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+    cc -O2 -shared -fPIC -o "$TMP/wrk_tls_shim.so" "$ROOT/benches/load/wrk_tls_shim.c" -lssl -ldl \
+        >"$TMP/tls/cc.log" 2>&1 || die "building wrk_tls_shim.so failed: $(cat "$TMP/tls/cc.log")"
+    say "ECDSA P-256 certificate for $TLS_HOST (sha256 $CERT_FP)"
+fi
+
 # ---------------------------------------------------------------- nginx
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -277,7 +315,20 @@ http {
             default_type text/plain;
             return 200 "$BODY\n";
         }
+        # Large responses (body-64k, body-1m), from files.
+        location = /64k { default_type application/octet-stream; alias $TMP/nginx/64k; }
+        location = /1m { default_type application/octet-stream; alias $TMP/nginx/1m; }
     }
+$([ "$TLS" = 0 ] || cat <<TLSEOF
+    # The passthrough route's backend: TLS ends here, not at the proxy.
+    server {
+        listen 127.0.0.1:$NGINX_TLS ssl reuseport backlog=4096;
+        ssl_certificate $TMP/tls/pass-cert.pem;
+        ssl_certificate_key $TMP/tls/pass-key.pem;
+        location / { default_type text/plain; return 200 "$BODY\n"; }
+    }
+TLSEOF
+)
     # Counters only (accepted connections), never loaded.
     server {
         listen 127.0.0.1:$NGINX_STATUS;
@@ -285,6 +336,11 @@ http {
     }
 }
 EOF
+head -c 65536 /dev/urandom >"$TMP/nginx/64k"
+head -c 1048576 /dev/urandom >"$TMP/nginx/1m"
+# nginx's workers (user nobody when started as root) read them.
+chmod a+rx "$TMP" "$TMP/nginx"
+chmod a+r "$TMP/nginx/64k" "$TMP/nginx/1m"
 nginx -t -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx/test.log" 2>&1 ||
     die "nginx rejects its config: $(cat "$TMP/nginx/test.log")"
 start "$LOAD_CPU" "$TMP/nginx/stdout.log" \
@@ -296,22 +352,6 @@ say "nginx on 127.0.0.1:$NGINX_PORT (cpu $LOAD_CPU)"
 
 # nginx's accepted-connections counter.
 nginx_accepts() { curl -s --max-time 2 "http://127.0.0.1:$NGINX_STATUS/" | awk 'NR == 3 { print $1 }'; }
-
-# ---------------------------------------------------------------- TLS material
-# One ECDSA P-256 certificate for both proxies (gatehouse: the edge route's
-# certificate and the default certificate; HAProxy: its only certificate).
-if [ "$TLS" = 1 ]; then
-    mkdir -p "$TMP/tls"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -subj "/CN=$TLS_HOST" -addext "subjectAltName=DNS:$TLS_HOST" \
-        -keyout "$TMP/tls/key.pem" -out "$TMP/tls/cert.pem" >"$TMP/tls/openssl.log" 2>&1 ||
-        die "openssl req failed: $(cat "$TMP/tls/openssl.log")"
-    cat "$TMP/tls/cert.pem" "$TMP/tls/key.pem" >"$TMP/tls/combined.pem"
-    CERT_FP=$(openssl x509 -in "$TMP/tls/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
-    cc -O2 -shared -fPIC -o "$TMP/wrk_tls_shim.so" "$ROOT/benches/load/wrk_tls_shim.c" -lssl -ldl \
-        >"$TMP/tls/cc.log" 2>&1 || die "building wrk_tls_shim.so failed: $(cat "$TMP/tls/cc.log")"
-    say "ECDSA P-256 certificate for $TLS_HOST (sha256 $CERT_FP)"
-fi
 
 # ---------------------------------------------------------------- routes
 # Filler endpoints stay on loopback (127.0.1.x, nothing listens): a benchmark
@@ -391,6 +431,29 @@ $(sed 's/^/      /' "$TMP/tls/cert.pem")
     key: |
 $(sed 's/^/      /' "$TMP/tls/key.pem")
 EOF
+    cat >"$MANIFESTS/pass.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: pass, namespace: bench}
+spec:
+  ports: [{name: https, port: 443, targetPort: $NGINX_TLS}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: pass, namespace: bench}
+subsets:
+- addresses: [{ip: 127.0.0.1}]
+  ports: [{name: https, port: $NGINX_TLS}]
+---
+apiVersion: route.openshift.io/v1
+kind: Route
+metadata: {name: pass, namespace: bench}
+spec:
+  host: $PASS_HOST
+  to: {kind: Service, name: pass}
+  port: {targetPort: https}
+  tls: {termination: passthrough}
+EOF
     cat >"$TMP/gatehouse.yaml" <<EOF
 tls:
   default_certificate: $TMP/tls/combined.pem
@@ -402,6 +465,7 @@ fi
 mkdir -p "$TMP/haproxy"
 {
     echo "$HOST be_hello"
+    echo "swap.bench.local be_filler1"
     for i in $(seq 1 "$FILLER"); do echo "filler$i.bench.local be_filler$i"; done
     [ "$TLS" = 0 ] || echo "$TLS_HOST be_hello"
 } >"$TMP/haproxy/hosts.map"
@@ -409,7 +473,10 @@ mkdir -p "$TMP/haproxy"
     cat <<EOF
 global
     nbthread 1
-    maxconn 4096
+    maxconn 9000
+    # The swap scenario changes the host map through the runtime API (no
+    # reload), as a dynamic HAProxy controller would.
+    stats socket $TMP/haproxy/admin.sock level admin
 
 defaults
     mode http
@@ -424,8 +491,29 @@ frontend fe_http
     # Host → backend through a map, as the OpenShift router does; an unknown
     # host finds no backend and gets 503, like gatehouse.
     use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
+
+frontend fe_h2c
+    # HTTP/2 with prior knowledge on a plain port, as gatehouse's :80 serves.
+    bind 127.0.0.1:$HAP_H2 proto h2
+    use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
 EOF
     if [ "$TLS" = 1 ]; then
+        # Passthrough by SNI (gatehouse does it on its one HTTPS port; here a
+        # frontend of its own, which spares HAProxy the OpenShift router's
+        # extra hop for terminated routes).
+        cat <<EOF
+
+frontend fe_pass
+    mode tcp
+    bind 127.0.0.1:$HAP_PASS
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req_ssl_hello_type 1 }
+    use_backend be_pass if { req_ssl_sni -i $PASS_HOST }
+
+backend be_pass
+    mode tcp
+    server nginx_tls 127.0.0.1:$NGINX_TLS
+EOF
         # Edge termination, same backend. TLS 1.2 + 1.3 like gatehouse (wrk
         # negotiates 1.3 with both); ALPN http/1.1 only, as gatehouse offers
         # on its default certificate; session tickets and cache on (defaults),
@@ -460,7 +548,7 @@ haproxy -c -q -f "$TMP/haproxy/haproxy.cfg" >"$TMP/haproxy/check.log" 2>&1 ||
     die "haproxy rejects its config: $(cat "$TMP/haproxy/check.log")"
 
 # ---------------------------------------------------------------- proxies
-declare -A PORT PID TLSPORT NEGOTIATED
+declare -A PORT PID TLSPORT NEGOTIATED H2PORT PASSPORT
 if want gatehouse; then
     GH_TLS_ARGS=()
     [ "$TLS" = 0 ] || GH_TLS_ARGS=(--config "$TMP/gatehouse.yaml" --https "127.0.0.1:$GH_HTTPS")
@@ -470,6 +558,8 @@ if want gatehouse; then
     PID[gatehouse]=$LAST
     PORT[gatehouse]=$GH_PORT
     TLSPORT[gatehouse]=$GH_HTTPS
+    H2PORT[gatehouse]=$GH_PORT
+    PASSPORT[gatehouse]=$GH_HTTPS
     wait_http "http://127.0.0.1:$GH_ADMIN/readyz" 200 30 "$LAST" ||
         die "gatehouse did not become ready on 127.0.0.1:$GH_ADMIN/readyz; its log:
 $(tail -n 40 "$TMP/gatehouse.log")"
@@ -481,6 +571,7 @@ $(tail -n 40 "$TMP/gatehouse.log")"
             --http "127.0.0.1:$GHB_PORT" --admin "127.0.0.1:$GHB_ADMIN" "${b_args[@]}"
         PID[gatehouse-b]=$LAST
         PORT[gatehouse-b]=$GHB_PORT
+        H2PORT[gatehouse-b]=$GHB_PORT
         wait_http "http://127.0.0.1:$GHB_ADMIN/readyz" 200 30 "$LAST" ||
             die "gatehouse-b did not become ready; its log:
 $(tail -n 40 "$TMP/gatehouse-b.log")"
@@ -498,6 +589,8 @@ if want haproxy; then
     PID[haproxy]=$LAST
     PORT[haproxy]=$HAP_PORT
     TLSPORT[haproxy]=$HAP_HTTPS
+    H2PORT[haproxy]=$HAP_H2
+    PASSPORT[haproxy]=$HAP_PASS
     wait_http "http://127.0.0.1:$HAP_PORT/" 503 10 "$LAST" ||
         die "haproxy did not come up; its log:
 $(tail -n 40 "$TMP/haproxy.log")"
@@ -520,6 +613,17 @@ for p in "${ORDER[@]}"; do
     code=$(curl -s -o /dev/null --max-time 5 -H "Host: nobody.bench.local" -w '%{http_code}' "$url" || true)
     [ "$code" = 503 ] || say "warning: $p answers $code for an unknown host (expected 503)"
     say "$p: 200 '$BODY' for Host: $HOST"
+done
+
+for p in "${ORDER[@]}"; do
+    [ -n "${H2PORT[$p]:-}" ] || continue
+    code=$(curl -s --http2-prior-knowledge --max-time 5 -H "Host: $HOST" -o /dev/null -w '%{http_code} %{http_version}' "http://127.0.0.1:${H2PORT[$p]}/" || true)
+    [ "$code" = "200 2" ] || die "$p: HTTP/2 prior knowledge on :${H2PORT[$p]} gave '$code', expected '200 2'"
+    if [ "$TLS" = 1 ] && [ -n "${PASSPORT[$p]:-}" ]; then
+        sub=$(curl -s --max-time 5 --cacert "$TMP/tls/pass-cert.pem" --resolve "$PASS_HOST:${PASSPORT[$p]}:127.0.0.1" \
+            -o /dev/null -w '%{http_code}' "https://$PASS_HOST:${PASSPORT[$p]}/" || true)
+        [ "$sub" = 200 ] || die "$p: passthrough to $PASS_HOST (nginx's own certificate) gave '$sub'"
+    fi
 done
 
 # ---------------------------------------------------------------- verify TLS
@@ -604,11 +708,39 @@ to_us() {
 # (not printed: a `die` must run in this shell, not in a command substitution).
 run_wrk() {
     local s=$1 p=$2 secs=$3 file=$4 t0 t1 c0 c1 l0 l1 a0 a1 url
-    local args=(-t1 -c"$CONNECTIONS" -d"${secs}s") pre=()
+    local args=(-t1 -c"$CONNECTIONS" -d"${secs}s") pre=() tool=wrk
     case $s in
-    h1)
+    h1 | swap)
         args+=(-H "Host: $HOST" --latency)
         url="http://127.0.0.1:${PORT[$p]}/"
+        ;;
+    h1-close)
+        args+=(-H "Host: $HOST" -H "Connection: close" --latency)
+        url="http://127.0.0.1:${PORT[$p]}/"
+        ;;
+    body-64k | body-1m)
+        args+=(-H "Host: $HOST" --latency)
+        url="http://127.0.0.1:${PORT[$p]}/${s#body-}"
+        ;;
+    h2)
+        # h2load: CONNECTIONS connections × 10 streams each, prior knowledge.
+        tool=h2load
+        args=(-c "$CONNECTIONS" -m 10 -D "$secs" -H ":authority: $HOST")
+        url="http://127.0.0.1:${H2PORT[$p]}/"
+        ;;
+    rate)
+        # A fixed offered load: the figure is CPU per request, not req/s.
+        tool=h2load
+        args=(--h1 -c "$CONNECTIONS" --rps $((RATE / CONNECTIONS)) -D "$secs" -H ":authority: $HOST")
+        url="http://127.0.0.1:${PORT[$p]}/"
+        ;;
+    passthrough)
+        # TLS keep-alive through to nginx's own TLS; wrk's SNI set to the
+        # passthrough route's host by the shim.
+        args+=(--latency)
+        url="https://127.0.0.1:${PASSPORT[$p]}/"
+        rm -f "$file.tls"
+        pre=(env LD_PRELOAD="$TMP/wrk_tls_shim.so" WRK_TLS_STATS="$file.tls" WRK_NO_RESUME=1 WRK_SNI="$PASS_HOST")
         ;;
     *)
         args+=(-H "Host: $TLS_HOST")
@@ -629,9 +761,18 @@ run_wrk() {
     c0=$(cpu_ticks "${PID[$p]}")
     l0=$(cpu_busy "$LOAD_CPU")
     t0=$(date +%s%N)
-    taskset -c "$LOAD_CPU" "${pre[@]}" wrk "${args[@]}" "$url" >"$file" 2>&1 ||
-        die "wrk failed against $p ($s): $(cat "$file")"
+    local swapper=""
+    if [ "$s" = swap ]; then
+        start_swapper "$p"
+        swapper=$LAST
+    fi
+    taskset -c "$LOAD_CPU" "${pre[@]}" "$tool" "${args[@]}" "$url" >"$file" 2>&1 ||
+        die "$tool failed against $p ($s): $(cat "$file")"
     t1=$(date +%s%N)
+    if [ -n "$swapper" ]; then
+        kill "$swapper" 2>/dev/null || true
+        wait "$swapper" 2>/dev/null || true
+    fi
     c1=$(cpu_ticks "${PID[$p]}")
     l1=$(cpu_busy "$LOAD_CPU")
     a1=$(nginx_accepts)
@@ -641,15 +782,24 @@ run_wrk() {
     fi
     kill -0 "${PID[$p]}" 2>/dev/null || die "$p died under load ($s)"
     local rps p99 reqs non2xx sockerr cpu load full=- resumed=- busy=0
-    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$file")
-    p99=$(awk '$1 == "99%" { print $2 }' "$file")
-    reqs=$(awk '/requests in/ { print $1 }' "$file")
-    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$file")
-    sockerr=$(awk -F'Socket errors: ' 'NF > 1 { gsub(/[a-z]+ /, "", $2); gsub(/,/, "", $2); split($2, a, " "); print a[1] + a[2] + a[3] + a[4] }' "$file")
+    if [ "$tool" = h2load ]; then
+        # h2load reports no percentiles: the latency column holds the mean.
+        rps=$(awk '/^finished in/ { gsub(/,/, "", $4); print $4 }' "$file")
+        p99=$(awk '/^time for request:/ { print $6 }' "$file")
+        reqs=$(awk '/^requests:/ { print $8 }' "$file")
+        non2xx=$(awk '/^status codes:/ { print $5 + $7 + $9 }' "$file")
+        sockerr=$(awk '/^requests:/ { print $10 + $12 + $14 }' "$file")
+    else
+        rps=$(awk '/^Requests\/sec:/ { print $2 }' "$file")
+        p99=$(awk '$1 == "99%" { print $2 }' "$file")
+        reqs=$(awk '/requests in/ { print $1 }' "$file")
+        non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$file")
+        sockerr=$(awk -F'Socket errors: ' 'NF > 1 { gsub(/[a-z]+ /, "", $2); gsub(/,/, "", $2); split($2, a, " "); print a[1] + a[2] + a[3] + a[4] }' "$file")
+    fi
     [ -n "$rps" ] && [ -n "$p99" ] || die "cannot parse wrk output for $p ($s): $(cat "$file")"
     cpu=$(awk -v c="$((c1 - c0))" -v hz="$HZ" -v ns="$((t1 - t0))" 'BEGIN { printf "%.1f", 100 * c / hz / (ns / 1e9) }')
     load=$(awk -v a="$l0" -v b="$l1" 'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.1f", 100 * (y[1] - x[1]) / (y[2] - x[2] + 1e-9) }')
-    if [ "$s" != h1 ]; then
+    if [ "${#pre[@]}" -gt 0 ]; then
         [ -s "$file.tls" ] && read -r _ full _ resumed <"$file.tls" ||
             say "warning: no handshake counts from wrk_tls_shim ($file.tls)"
     fi
@@ -662,9 +812,50 @@ run_wrk() {
     RES+=" $(awk -v i="${instr:-0}" -v n="${reqs:-0}" 'BEGIN { printf "%.0f", (n > 0 ? i / n : 0) }')"
 }
 
+# The table changes 10 times a second while the proxy is loaded (swap
+# scenario): gatehouse gets a route file rewritten (a full recompile of the
+# 10k-route table each time), HAProxy a host-map entry changed through its
+# runtime API (its cheapest dynamic change; a config change would reload).
+start_swapper() {
+    local p=$1
+    case $p in
+    gatehouse | gatehouse-b)
+        start "$LOAD_CPU" "$TMP/swapper.log" bash -c '
+            i=0
+            while :; do
+                i=$((i + 1))
+                printf "apiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {name: swap, namespace: bench}\nspec:\n  host: swap.bench.local\n  path: /v%d\n  to: {kind: Service, name: filler%d}\n" "$i" $((i % 2 + 1)) >"$1/.swap.tmp"
+                mv "$1/.swap.tmp" "$1/swap.yaml"
+                sleep 0.1
+            done' swapper "$MANIFESTS"
+        ;;
+    haproxy)
+        start "$LOAD_CPU" "$TMP/swapper.log" python3 -c '
+import socket, sys, time
+i = 0
+while True:
+    i += 1
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(f"set map {sys.argv[2]} swap.bench.local be_filler{i % 2 + 1}\n".encode())
+    s.recv(4096)
+    s.close()
+    time.sleep(0.1)
+' "$TMP/haproxy/admin.sock" "$TMP/haproxy/hosts.map"
+        ;;
+    esac
+}
+
 scenario_title() {
     case $1 in
     h1) echo "plain HTTP/1.1 keep-alive, Host: $HOST" ;;
+    h1-close) echo "plain HTTP/1.1, Connection: close: a new client connection per request" ;;
+    body-64k) echo "plain HTTP/1.1 keep-alive, 64 KiB responses" ;;
+    body-1m) echo "plain HTTP/1.1 keep-alive, 1 MiB responses" ;;
+    h2) echo "HTTP/2 prior knowledge, $CONNECTIONS connections × 10 streams (h2load; latency column = mean)" ;;
+    rate) echo "fixed rate $RATE req/s (h2load --rps; cpu us/req = CPU seconds per million requests; latency column = mean)" ;;
+    swap) echo "plain HTTP/1.1 keep-alive while the table changes 10×/s, $FILLER routes" ;;
+    passthrough) echo "TLS passthrough by SNI to nginx's own TLS, keep-alive (shim sets SNI $PASS_HOST)" ;;
     tls-keepalive) echo "HTTPS keep-alive (TLS edge, HTTP/1.1 to nginx), Host: $TLS_HOST" ;;
     tls-handshake) echo "HTTPS, Connection: close: one FULL TLS handshake per request (client never resumes)" ;;
     tls-resume) echo "HTTPS, Connection: close: one TLS handshake per request, session resumption allowed (wrk's default)" ;;
@@ -680,7 +871,25 @@ if [ "$BASELINE" = 1 ]; then
     PORT[direct]=$NGINX_PORT
 fi
 
-for s in "${SCEN[@]}"; do
+# ---------------------------------------------------------------- idle
+# Memory per idle keep-alive connection: IDLE_CONNS connections, one request
+# each, then held open; the proxy's RSS before and after. First, while both
+# proxies are fresh: memory they pooled under load would hide the cost.
+declare -A IDLE_PER
+if [ "$IDLE" = 1 ]; then
+    for p in "${ORDER[@]}"; do
+        say "idle: $IDLE_CONNS keep-alive connections to $p"
+        sleep 3 # let start-up garbage settle
+        IDLE_PER[$p]=$(python3 "$ROOT/benches/load/idle_conns.py" "${PID[$p]}" "${PORT[$p]}" "$HOST" "$IDLE_CONNS") ||
+            die "idle_conns.py failed against $p"
+        echo "$p ${IDLE_PER[$p]}" >>"$OUT/idle.txt"
+        sleep 2
+    done
+fi
+
+is_tls_scenario() { [[ $1 == tls-* || $1 == passthrough ]]; }
+
+for s in "${LOAD_SCEN[@]}"; do
     LOADED=("${ORDER[@]}")
     [ "$BASELINE" = 1 ] && [ "$s" = h1 ] && LOADED+=(direct)
     say "scenario $s: $(scenario_title "$s")"
@@ -705,7 +914,7 @@ for s in "${SCEN[@]}"; do
                 [ "$busy" = 0 ] || tainted=1
                 printf '   %s round %d %-9s %10s req/s   p99 %9s us   %s cpu %5s%% (%s us/req, %s instr/req)   load cpu %5s%%%s%s%s\n' \
                     "$s" "$r" "$p" "$rps" "$p99" "$([ "$p" = direct ] && echo nginx || echo proxy)" "$cpu" "$cpureq" "$instr" "$load" \
-                    "$([ "$s" = h1 ] || echo "   handshakes $full full, $resumed resumed")" \
+                    "$(is_tls_scenario "$s" && echo "   handshakes $full full, $resumed resumed")" \
                     "$([ "$non2xx$sockerr" = 00 ] || echo "   non-2xx $non2xx, socket errors $sockerr")" \
                     "$([ "$busy" = 0 ] || echo "   COMPILER RUNNING")" >&2
             done
@@ -738,17 +947,17 @@ total() { # column name, scenario, proxy
 }
 med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 {
-    for s in "${SCEN[@]}"; do
+    for s in "${LOAD_SCEN[@]}"; do
         echo
         echo "[$s] $(scenario_title "$s")"
         printf '%-10s %14s %14s %12s %11s %12s %8s %10s' proxy "median req/s" "median p99 us" "proxy cpu %" "cpu us/req" "load cpu %" errors "upstr conn"
-        [ "$s" = h1 ] && echo || printf ' %18s\n' "handshakes f/r"
+        is_tls_scenario "$s" && printf ' %18s\n' "handshakes f/r" || echo
         for p in "${ORDER[@]}"; do
             errs=$(awk -F, -v s="$s" -v p="$p" '$1 == s && $3 == p { e += $9 + $10 } END { print e + 0 }' "$CSV")
             printf '%-10s %14s %14s %12s %11s %12s %8s %10s' "$p" "$(median req_per_s "$s" "$p")" "$(median p99_us "$s" "$p")" \
                 "$(median proxy_cpu_pct "$s" "$p")" "$(median proxy_cpu_us_per_req "$s" "$p")" "$(median load_cpu_pct "$s" "$p")" \
                 "$errs" "$(total upstream_conns "$s" "$p")"
-            [ "$s" = h1 ] && echo || printf ' %18s\n' "$(total tls_full "$s" "$p")/$(total tls_resumed "$s" "$p")"
+            is_tls_scenario "$s" && printf ' %18s\n' "$(total tls_full "$s" "$p")/$(total tls_resumed "$s" "$p")" || echo
         done
         if [ "$BASELINE" = 1 ] && [ "$s" = h1 ]; then
             ceiling=$(median req_per_s "$s" direct)
@@ -761,7 +970,7 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
                     if (r > 0.9 * c) printf "warning: %s is within 10%% of the load-side ceiling; its req/s is capped by the load cpu, not by itself\n", p }'
             done
         fi
-        if [ "$s" != h1 ]; then
+        if is_tls_scenario "$s"; then
             for p in "${ORDER[@]}"; do
                 awk -v l="$(median load_cpu_pct "$s" "$p")" -v x="$(median proxy_cpu_pct "$s" "$p")" -v p="$p" 'BEGIN {
                     if (l > 90 && x < 90) printf "warning: %s: load cpu %.0f%% (wrk TLS + nginx) vs proxy cpu %.0f%%: the load side is the limit, not %s; compare cpu us/req\n", p, l, x, p }'
@@ -801,6 +1010,36 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
                 if (g > 0 && h > 0) printf "  instructions/request   gatehouse %d  haproxy %d  ratio %.3f (perf stat, user+kernel)\n", g, h, g / h }'
         fi
     done
+    if [ "$IDLE" = 1 ]; then
+        echo
+        echo "[idle] memory per idle keep-alive connection ($IDLE_CONNS connections, proxy RSS before/after)"
+        for p in "${ORDER[@]}"; do printf '%-10s %s\n' "$p" "${IDLE_PER[$p]}"; done
+    fi
+    if want gatehouse && want haproxy; then
+        echo
+        echo "gatehouse/haproxy, medians of per-round ratios (throughput: higher is better; p99 and cpu/req: lower is better)"
+        printf '%-14s %10s %8s %8s %8s\n' scenario throughput p99 cpu/req errors
+        for s in "${LOAD_SCEN[@]}"; do
+            awk -F, -v s="$s" 'NR > 1 && $1 == s { v[$2, $3] = $4; l[$2, $3] = $5; c[$2, $3] = $15; e += ($3 == "gatehouse") * ($9 + $10); if ($2 > n) n = $2 }
+                END {
+                    k = 0
+                    for (r = 1; r <= n; r++) if (v[r, "haproxy"] > 0 && l[r, "haproxy"] > 0 && c[r, "haproxy"] > 0) {
+                        k++; t[k] = v[r, "gatehouse"] / v[r, "haproxy"]; p[k] = l[r, "gatehouse"] / l[r, "haproxy"]; q[k] = c[r, "gatehouse"] / c[r, "haproxy"] }
+                    if (k == 0) printf "%-14s %10s %8s %8s %8d\n", s, "-", "-", "-", e
+                    else printf "%-14s %10.3f %8.3f %8.3f %8d\n", s, med(t, k), med(p, k), med(q, k), e
+                }
+                function med(a, k,   i, j, x) {
+                    for (i = 2; i <= k; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+                    return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+                }' "$CSV"
+        done
+        if [ "$IDLE" = 1 ]; then
+            awk -v g="${IDLE_PER[gatehouse]}" -v h="${IDLE_PER[haproxy]}" 'BEGIN {
+                match(g, /per_conn_bytes=[0-9]+/); gb = substr(g, RSTART + 15, RLENGTH - 15)
+                match(h, /per_conn_bytes=[0-9]+/); hb = substr(h, RSTART + 15, RLENGTH - 15)
+                if (hb > 0) printf "%-14s memory per idle connection %d vs %d bytes: %.2f\n", "idle", gb, hb, gb / hb }'
+        fi
+    fi
     if [ "$TLS" = 1 ]; then
         echo
         for p in "${ORDER[@]}"; do echo "TLS $p (wrk-like client): ${NEGOTIATED[$p]}"; done

@@ -38,6 +38,10 @@ int SSL_clear(SSL *s) {
 
 int SSL_connect(SSL *s) {
     if (!real_connect) real_connect = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_connect");
+    /* WRK_SNI: the server name to send instead of the URL's host (wrk only
+     * knows the URL, here an IP; a passthrough route is found by SNI). */
+    const char *sni = getenv("WRK_SNI");
+    if (sni && *sni) SSL_set_tlsext_host_name(s, sni);
     int r = real_connect(s);
     if (r == 1) {
         if (SSL_session_reused(s))

@@ -37,7 +37,7 @@ impl Default for PoolConfig {
         PoolConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
-            max_idle_per_endpoint: 256,
+            max_idle_per_endpoint: 1024,
         }
     }
 }
