@@ -17,7 +17,8 @@ use crate::table::{
     LiveRegistry, RouteEntry, RouteSettings, RoutingTable, Target,
 };
 pub use endpoints::{is_node_local, resolve, Resolved, SliceIndex};
-use std::collections::{BTreeSet, HashMap};
+use crate::pool::fxhash::FxHashMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,14 +156,15 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
     };
     let slices = SliceIndex::new(objs);
     let mut upstream_tls = tls::UpstreamTlsBuilder::new(&cfg.destination_trust);
-    let mut cert_map: HashMap<Arc<str>, Arc<crate::table::CertifiedKey>> = HashMap::new();
-    let mut wildcard_certs: HashMap<Arc<str>, Arc<crate::table::CertifiedKey>> = HashMap::new();
+    let mut cert_map: FxHashMap<Arc<str>, Arc<crate::table::CertifiedKey>> = FxHashMap::default();
+    let mut wildcard_certs: FxHashMap<Arc<str>, Arc<crate::table::CertifiedKey>> =
+        FxHashMap::default();
     let mut diagnostics = Vec::new();
-    let mut exact: HashMap<Arc<str>, Vec<Arc<RouteEntry>>> = HashMap::new();
-    let mut wildcard: HashMap<Arc<str>, Vec<Arc<RouteEntry>>> = HashMap::new();
-    let mut by_service: HashMap<Key, BTreeSet<HostRef>> = HashMap::new();
+    let mut exact: FxHashMap<Arc<str>, Vec<Arc<RouteEntry>>> = FxHashMap::default();
+    let mut wildcard: FxHashMap<Arc<str>, Vec<Arc<RouteEntry>>> = FxHashMap::default();
+    let mut by_service: FxHashMap<Key, BTreeSet<HostRef>> = FxHashMap::default();
     // Hosts repeat across routes; share one allocation per host.
-    let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+    let mut interned: FxHashMap<String, Arc<str>> = FxHashMap::default();
     let mut intern = |s: &str| -> Arc<str> {
         if let Some(a) = interned.get(s) {
             return a.clone();

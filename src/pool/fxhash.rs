@@ -64,3 +64,7 @@ impl Hasher for FxHasher {
 }
 
 pub type Build = BuildHasherDefault<FxHasher>;
+
+/// A `HashMap` with the Fx hash: for maps keyed by the cluster's objects
+/// (hosts, services, endpoints), never by what clients choose.
+pub type FxHashMap<K, V> = std::collections::HashMap<K, V, Build>;

@@ -7,7 +7,7 @@
 //! at routes.
 
 mod body;
-mod fxhash;
+pub mod fxhash;
 
 pub use body::{RequestBody, UpstreamBody};
 

@@ -4,7 +4,6 @@
 //! registry, so a recompiled table picks up the same state.
 
 use super::Endpoint;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -207,7 +206,7 @@ impl Drop for ActiveGuard {
 /// Endpoint identity → its live state, shared by every table.
 #[derive(Debug, Default)]
 pub struct LiveRegistry {
-    map: Mutex<HashMap<Endpoint, Weak<EndpointLive>>>,
+    map: Mutex<crate::pool::fxhash::FxHashMap<Endpoint, Weak<EndpointLive>>>,
 }
 
 impl LiveRegistry {

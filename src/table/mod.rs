@@ -19,7 +19,7 @@ pub use store::TableStore;
 
 use crate::model::admission::{InsecurePolicy, RouteStatus, Termination};
 use crate::model::Key;
-use std::collections::HashMap;
+use crate::pool::fxhash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,19 +62,19 @@ impl UpstreamTls {
 #[derive(Debug, Default, Clone)]
 pub struct RoutingTable {
     pub generation: u64,
-    pub(crate) exact: HashMap<Arc<str>, Arc<HostRoutes>>,
+    pub(crate) exact: FxHashMap<Arc<str>, Arc<HostRoutes>>,
     /// Keyed by the domain a `Subdomain` route covers (`example.com` for
     /// `*.example.com`).
-    pub(crate) wildcard: HashMap<Arc<str>, Arc<HostRoutes>>,
+    pub(crate) wildcard: FxHashMap<Arc<str>, Arc<HostRoutes>>,
     /// One row per candidate route, admitted or not, for `/api/routes`.
     pub statuses: Arc<Vec<RouteStatus>>,
     /// service → the host entries whose routes send to it, so an
     /// endpoint-only change rebuilds just those.
-    pub(crate) by_service: Arc<HashMap<Key, Vec<HostRef>>>,
+    pub(crate) by_service: Arc<FxHashMap<Key, Vec<HostRef>>>,
     /// Serving certificates by exact host (route or Ingress TLS).
-    pub(crate) certs: HashMap<Arc<str>, Arc<CertifiedKey>>,
+    pub(crate) certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
     /// Serving certificates of Subdomain routes, by the domain they cover.
-    pub(crate) wildcard_certs: HashMap<Arc<str>, Arc<CertifiedKey>>,
+    pub(crate) wildcard_certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
 }
 
 /// Points at one entry of `exact` or `wildcard`.
