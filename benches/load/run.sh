@@ -34,7 +34,20 @@
 #      numbers and wrk outputs to benches/load/out/<timestamp>/.
 #   8. Stops everything it started and removes its temp dir (trap EXIT).
 #
-# Scenarios (SCENARIOS, default all three, run in this order)
+# Scenarios (SCENARIOS, default all of them; see also the README table)
+#   idle           memory per idle keep-alive connection (IDLE_CONNS, 8000,
+#                  held open by idle_conns.py; RSS before/after), measured
+#                  first, on fresh processes.
+#   h1-close       HTTP/1.1 with Connection: close: a new connection per
+#                  request.
+#   body-64k/-1m   64 KiB / 1 MiB responses (files served by nginx).
+#   h2             HTTP/2 prior knowledge, CONNECTIONS × 10 streams (h2load;
+#                  its latency column is the mean, h2load has no p99).
+#   passthrough    TLS passthrough by SNI to nginx's own TLS listener.
+#   rate           fixed offered load RATE (20000) req/s with h2load --rps:
+#                  cpu us/req = CPU seconds per million requests.
+#   swap           h1 keep-alive while the table changes 10×/s with 10k routes
+#                  (FILLER raised to 10000).
 #   h1             plain HTTP/1.1 keep-alive (the original benchmark).
 #   tls-keepalive  HTTPS keep-alive: wrk https://127.0.0.1:<port>/ with
 #                  Host: hello-tls.bench.local. The URL is an IP, so wrk's
@@ -108,7 +121,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18080}
-SCENARIOS=${SCENARIOS:-"h1 tls-keepalive tls-handshake"}
+SCENARIOS=${SCENARIOS:-"idle h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough rate swap"}
 # Observability cost (issue 7): GH_ACCESS_LOG=json writes gatehouse's access
 # log (to its log file); SCRAPE=1 GETs gatehouse's /metrics every second
 # during the runs. Compare the gatehouse/haproxy ratio with and without.
