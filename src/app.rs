@@ -176,6 +176,7 @@ async fn start_inner(
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let https_addr = https.as_ref().and_then(|l| l.local_addr().ok());
+    let proxy_protocol = proxy_trusted(&cfg)?;
     // One proxy (pools, access log) for both listeners.
     let proxy = Arc::new(Proxy {
         store: store.clone(),
@@ -190,6 +191,7 @@ async fn start_inner(
         health: cfg.health.policy(),
         retry_budget: Default::default(),
         limits: Default::default(),
+        proxy_protocol,
     });
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,
@@ -350,6 +352,29 @@ async fn compile_loop(
             "table published"
         );
     }
+}
+
+/// `accept_proxy` with its trusted ranges, parsed (a typo must not open
+/// the router to forged client addresses, nor silently turn it off).
+fn proxy_trusted(cfg: &RouterConfig) -> anyhow::Result<Option<Arc<[crate::model::ipnet::IpNet]>>> {
+    if !cfg.accept_proxy {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        !cfg.proxy_trusted_sources.is_empty(),
+        "accept_proxy needs proxy_trusted_sources: the networks of the load balancers that send PROXY headers"
+    );
+    let nets = cfg
+        .proxy_trusted_sources
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse::<crate::model::ipnet::IpNet>()
+                .map_err(|e| anyhow::anyhow!("proxy_trusted_sources: {s:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    info!(trusted = ?cfg.proxy_trusted_sources, "PROXY protocol on: headers accepted from the trusted sources only");
+    Ok(Some(nets.into()))
 }
 
 /// How re-encrypt routes without their own CA verify endpoints.

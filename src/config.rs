@@ -51,6 +51,13 @@ pub struct RouterConfig {
     /// Lines the access log queue holds before dropping (stdout stalled).
     pub access_log_queue: usize,
     pub admin_token_file: Option<PathBuf>,
+    /// PROXY protocol v1/v2 on both listeners (ROUTER_USE_PROXY_PROTOCOL):
+    /// connections from `proxy_trusted_sources` must start with a header
+    /// naming the real client; others are direct clients.
+    pub accept_proxy: bool,
+    /// CIDRs of the load balancers allowed to send PROXY headers (required
+    /// with `accept_proxy`).
+    pub proxy_trusted_sources: Vec<String>,
     /// Tokio worker threads (default: one per core).
     pub worker_threads: Option<usize>,
     /// ROUTE_LABELS: serve only routes (and Ingresses) with matching labels.
@@ -120,6 +127,8 @@ impl Default for RouterConfig {
             tls: TlsSettings::default(),
             access_log: AccessLogMode::Json,
             access_log_sample: 1.0,
+            accept_proxy: false,
+            proxy_trusted_sources: Vec::new(),
             access_log_queue: 8192,
             admin_token_file: None,
             worker_threads: None,

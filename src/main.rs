@@ -86,6 +86,12 @@ struct RunArgs {
     /// Admit `wildcardPolicy: Subdomain` routes.
     #[arg(long, env = "ROUTER_ALLOW_WILDCARD_ROUTES")]
     allow_wildcard_routes: Option<bool>,
+    /// Expect PROXY protocol v1/v2 headers from the trusted sources.
+    #[arg(long, env = "ROUTER_USE_PROXY_PROTOCOL")]
+    accept_proxy: Option<bool>,
+    /// Load balancer networks that may send PROXY headers (comma-separated CIDRs).
+    #[arg(long, value_delimiter = ',')]
+    proxy_trusted_sources: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -241,6 +247,12 @@ fn load_run_config(a: RunArgs) -> anyhow::Result<RouterConfig> {
     }
     if let Some(w) = a.allow_wildcard_routes {
         cfg.allow_wildcard_routes = w;
+    }
+    if let Some(p) = a.accept_proxy {
+        cfg.accept_proxy = p;
+    }
+    if !a.proxy_trusted_sources.is_empty() {
+        cfg.proxy_trusted_sources = a.proxy_trusted_sources;
     }
     Ok(cfg)
 }

@@ -232,6 +232,11 @@ impl Collector for RouterCollector {
                 .map(|(l, v)| (vec![("reason", *l)], v.load(Relaxed))),
         )?;
         o.counter(
+            "proxy_header_refused",
+            "Connections from trusted balancers closed for a bad or missing PROXY protocol header.",
+            m::PROXY_HEADER_REFUSED.load(Relaxed),
+        )?;
+        o.counter(
             "passthrough_connections",
             "Connections spliced to passthrough routes' endpoints.",
             m::PASSTHROUGH_CONNECTIONS.load(Relaxed),

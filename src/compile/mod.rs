@@ -12,12 +12,12 @@ use crate::model::admission::{
 };
 use crate::model::selector::Shard;
 use crate::model::{duration, ingress, Key, Objects};
+use crate::pool::fxhash::FxHashMap;
 use crate::table::{
     Algorithm, BackendGroup, BackendSet, CookieSpec, ForwardedPolicy, HostRef, HostRoutes,
     LiveRegistry, RouteEntry, RouteSettings, RoutingTable, Target,
 };
 pub use endpoints::{is_node_local, resolve, Resolved, SliceIndex};
-use crate::pool::fxhash::FxHashMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;

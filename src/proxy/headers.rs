@@ -136,8 +136,7 @@ pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<
         ForwardedPolicy::Append => h.get(header::FORWARDED),
         _ => None,
     };
-    let mut e: Vec<u8> =
-        Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + c.host.len() + 48);
+    let mut e: Vec<u8> = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + c.host.len() + 48);
     if let Some(p) = prev {
         e.extend_from_slice(p.as_bytes());
         e.extend_from_slice(b", ");
@@ -154,8 +153,7 @@ pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<
         }
     }
     e.extend_from_slice(b";host=");
-    if c
-        .host
+    if c.host
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
     {

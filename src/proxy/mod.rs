@@ -7,6 +7,7 @@ mod body;
 mod handler;
 pub mod headers;
 pub mod limits;
+pub mod proxy_protocol;
 
 mod local;
 pub(crate) mod tunnel;
@@ -40,6 +41,37 @@ pub struct Proxy {
     pub health: crate::table::HealthPolicy,
     pub retry_budget: RetryBudget,
     pub limits: limits::Limiters,
+    /// PROXY protocol: the load balancers' ranges, when it is on.
+    pub proxy_protocol: Option<Arc<[crate::model::ipnet::IpNet]>>,
+}
+
+impl Proxy {
+    /// Read the PROXY header when `peer` is a trusted balancer: the client's
+    /// real address and the bytes after the header. `Ok(None)`: no header
+    /// expected from this peer.
+    pub(crate) async fn proxy_header(
+        &self,
+        stream: &mut tokio::net::TcpStream,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Option<(SocketAddr, Vec<u8>)>, proxy_protocol::Error> {
+        let Some(trusted) = &self.proxy_protocol else {
+            return Ok(None);
+        };
+        if !proxy_protocol::trusted(peer.ip(), trusted) {
+            return Ok(None);
+        }
+        match proxy_protocol::read(stream, timeout).await {
+            Ok((proxy_protocol::Header::Proxied { source, .. }, rest)) => Ok(Some((source, rest))),
+            Ok((proxy_protocol::Header::Local, rest)) => Ok(Some((peer, rest))),
+            Err(e) => {
+                crate::telemetry::metrics::PROXY_HEADER_REFUSED
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!(%peer, error = %e, "PROXY header refused");
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Requests for hosts no route serves (process-wide, for /metrics).
@@ -199,19 +231,31 @@ pub async fn serve_http(
     settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = builder(&settings);
+    let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
-    while let Some((stream, peer)) = accept(&listener, &mut shutdown).await {
-        let info = Arc::new(ConnInfo::new(peer, local.unwrap_or(peer), false));
-        serve_conn(
-            &builder,
-            graceful.watcher(),
-            crate::io::Flat(stream),
-            info,
-            proxy.clone(),
-            crate::telemetry::metrics::HTTP.open(),
-        );
+    while let Some((mut stream, peer)) = accept(&listener, &mut shutdown).await {
+        let open = crate::telemetry::metrics::HTTP.open();
+        let local = local.unwrap_or(peer);
+        if proxy.proxy_protocol.is_none() {
+            let info = Arc::new(ConnInfo::new(peer, local, false));
+            let io = crate::tls::PrefixedIo::new(Vec::new(), crate::io::Flat(stream));
+            serve_conn(&builder, graceful.watcher(), io, info, proxy.clone(), open);
+            continue;
+        }
+        // The header is read off the accept loop, bounded by the header
+        // timeout.
+        let (proxy, builder, watcher) = (proxy.clone(), builder.clone(), graceful.watcher());
+        let timeout = settings.header_timeout;
+        tokio::spawn(async move {
+            let Ok(found) = proxy.proxy_header(&mut stream, peer, timeout).await else {
+                return;
+            };
+            let (client, rest) = found.unwrap_or((peer, Vec::new()));
+            let info = Arc::new(ConnInfo::new(client, local, false));
+            let io = crate::tls::PrefixedIo::new(rest, crate::io::Flat(stream));
+            serve_conn(&builder, watcher, io, info, proxy, open);
+        });
     }
     drop(listener);
     drain(graceful, local, settings.drain).await;

@@ -3,8 +3,8 @@
 //! request path adds to them without a lock or a lookup (the route entry
 //! holds its counters), and /metrics reads them when scraped.
 
-use crate::telemetry::metrics::Histogram;
 use crate::pool::fxhash::FxHashMap;
+use crate::telemetry::metrics::Histogram;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 

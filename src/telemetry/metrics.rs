@@ -133,10 +133,12 @@ pub enum TlsRefusal {
     Handshake = 5,
     /// Passthrough refused: client not in the allow-list, or no endpoint.
     Passthrough = 6,
+    /// A trusted balancer's connection without a valid PROXY header.
+    ProxyHeader = 7,
 }
 
 impl TlsRefusal {
-    pub const LABELS: [&'static str; 7] = [
+    pub const LABELS: [&'static str; 8] = [
         "hello_timeout",
         "not_tls",
         "bad_hello",
@@ -144,10 +146,15 @@ impl TlsRefusal {
         "handshake_timeout",
         "handshake",
         "passthrough",
+        "proxy_header",
     ];
 }
 
-pub static TLS_FAILURES: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+pub static TLS_FAILURES: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+/// Connections from trusted balancers closed for a bad or missing PROXY
+/// header (both listeners).
+pub static PROXY_HEADER_REFUSED: AtomicU64 = AtomicU64::new(0);
 
 pub fn tls_refused(r: TlsRefusal) {
     TLS_FAILURES[r as usize].fetch_add(1, Ordering::Relaxed);

@@ -67,7 +67,17 @@ async fn accept(
     watcher: hyper_util::server::graceful::Watcher,
     open: metrics::ConnGuard,
 ) -> Result<(), Refused> {
-    let mut buf = Vec::with_capacity(1024);
+    // Behind a balancer that speaks the PROXY protocol, the header comes
+    // first; the real client address is the one allow-lists, balancing and
+    // logs see.
+    let (peer, mut buf) = match proxy
+        .proxy_header(&mut stream, peer, tls.handshake_timeout)
+        .await
+    {
+        Ok(Some((client, rest))) => (client, rest),
+        Ok(None) => (peer, Vec::with_capacity(1024)),
+        Err(_) => return Err((TlsRefusal::ProxyHeader, "bad or missing PROXY header")),
+    };
     let hello = tokio::time::timeout(tls.handshake_timeout, read_hello(&mut stream, &mut buf))
         .await
         .map_err(|_| (TlsRefusal::HelloTimeout, "ClientHello timed out"))??;

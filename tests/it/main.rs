@@ -6,6 +6,7 @@ mod admission;
 mod balance;
 mod dashboard;
 mod egress;
+mod hardening;
 mod kube;
 mod pool;
 mod process;

@@ -87,7 +87,7 @@ fn tls_route(
     )
 }
 
-fn edge(name: &str, host: &str, svc: &str, leaf: Option<&Leaf>) -> String {
+pub(crate) fn edge(name: &str, host: &str, svc: &str, leaf: Option<&Leaf>) -> String {
     match leaf {
         Some(l) => tls_route(
             name,
@@ -159,7 +159,7 @@ async fn reply(
     }
 }
 
-async fn https_router(
+pub(crate) async fn https_router(
     files: &[(&str, &str)],
     tweak: impl FnOnce(&mut gatehouse::config::RouterConfig),
 ) -> TestRouter {
