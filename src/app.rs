@@ -195,6 +195,7 @@ async fn start_inner(
     });
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,
+        max_header_bytes: cfg.max_header_bytes.max(1024),
         drain: cfg.timeouts.drain,
     };
     if let Some(l) = http {

@@ -51,6 +51,9 @@ pub struct RouterConfig {
     /// Lines the access log queue holds before dropping (stdout stalled).
     pub access_log_queue: usize,
     pub admin_token_file: Option<PathBuf>,
+    /// Request line and headers, in bytes (HAProxy's tune.bufsize bounds
+    /// them the same way): beyond, 414 (request line) or 431 (headers).
+    pub max_header_bytes: usize,
     /// PROXY protocol v1/v2 on both listeners (ROUTER_USE_PROXY_PROTOCOL):
     /// connections from `proxy_trusted_sources` must start with a header
     /// naming the real client; others are direct clients.
@@ -128,6 +131,7 @@ impl Default for RouterConfig {
             access_log: AccessLogMode::Json,
             access_log_sample: 1.0,
             accept_proxy: false,
+            max_header_bytes: 32 * 1024,
             proxy_trusted_sources: Vec::new(),
             access_log_queue: 8192,
             admin_token_file: None,

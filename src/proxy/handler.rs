@@ -25,6 +25,9 @@ static X_SSL_CLIENT_VERIFY: http::HeaderName = http::HeaderName::from_static("x-
 /// How long a request waits for an endpoint below its connection limit.
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Longest request target accepted (414 beyond).
+const MAX_URI_BYTES: usize = 16 * 1024;
+
 /// At most this many endpoints are tried for one request.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -35,6 +38,11 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
+    // Like nginx's large_client_header_buffers: a request target beyond
+    // 16 KiB is refused (heads beyond max_header_bytes get 431 from hyper).
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_BYTES {
+        return local::close(StatusCode::URI_TOO_LONG, "request target too long");
+    }
     // Every request carries an id end to end: the client's, or a new one.
     if !req.headers().contains_key(&X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID.clone(), request_id());
@@ -50,8 +58,13 @@ pub async fn handle(
     }
     let host_value = match request_host(&req) {
         Some(h) => h,
-        None => return local::text(StatusCode::BAD_REQUEST, "missing Host header"),
+        None => return local::close(StatusCode::BAD_REQUEST, "missing Host header"),
     };
+    // Two Host fields are two answers to "which site?": refuse rather than
+    // pick one the upstream may read differently (RFC 9112 §3.2).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return local::close(StatusCode::BAD_REQUEST, "more than one Host header");
+    }
     let host = host_value.to_str().unwrap_or("");
     let route = proxy.store.load().lookup(host, req.uri().path()).cloned();
     let counted = route.as_ref().map(|r| r.stats.clone());

@@ -35,3 +35,12 @@ pub fn redirect_https(host: &str, path_and_query: &str) -> Response<ProxyBody> {
     }
     r
 }
+
+/// A local error after which the client connection is closed (the request
+/// cannot be trusted to have ended where it seems to).
+pub fn close(status: StatusCode, detail: &str) -> Response<ProxyBody> {
+    let mut r = text(status, detail);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}

@@ -156,6 +156,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
+    /// Request line + header bytes allowed (larger: 414 / 431).
+    pub max_header_bytes: usize,
 }
 
 /// The hyper server builder both listeners use.
@@ -165,11 +167,13 @@ pub(crate) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(250)
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }

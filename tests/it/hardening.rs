@@ -186,3 +186,187 @@ async fn accept_proxy_without_trusted_sources_is_a_startup_error() {
     };
     assert!(err.to_string().contains("proxy_trusted_sources"), "{err}");
 }
+
+/// An upstream that records every byte it receives and answers each
+/// request head with a small 200.
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut pending = Vec::new();
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        log.lock().unwrap().extend_from_slice(&buf[..n]);
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..i + 4);
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        Recorder { addr, seen }
+    }
+
+    fn take(&self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut *self.seen.lock().unwrap())).into_owned()
+    }
+}
+
+/// RFC 9112/9110 framing and field rules, as raw bytes on a socket: each
+/// bad request gets its 4xx and the connection is closed, and not one byte
+/// of it reaches the upstream (no smuggling, no desync).
+#[tokio::test]
+async fn malformed_requests_are_refused_before_the_upstream() {
+    let rec = Recorder::start().await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[rec.addr.port()]),
+        simple_route("default", "web", "h.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: h.example.com\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: h.example.com\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(70_000)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("chunked not last", "POST / HTTP/1.1\r\nHost: h.example.com\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n".into(), "400"),
+        ("TE on HTTP/1.0", "POST / HTTP/1.0\r\nHost: h.example.com\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(), "400"),
+        ("CL not a number", "POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: abc\r\n\r\n".into(), "400"),
+        ("CL negative", "POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: -1\r\n\r\n".into(), "400"),
+        ("CLs differ", "POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".into(), "400"),
+        ("CL list differs", "POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: 1, 2\r\n\r\nab".into(), "400"),
+        ("obs-fold", "GET / HTTP/1.1\r\nHost: h.example.com\r\nX-A: a\r\n b\r\n\r\n".into(), "400"),
+        ("space before colon", "GET / HTTP/1.1\r\nHost : h.example.com\r\n\r\n".into(), "400"),
+        ("NUL in value", "GET / HTTP/1.1\r\nHost: h.example.com\r\nX-A: a\0b\r\n\r\n".into(), "400"),
+        ("bare CR in value", "GET / HTTP/1.1\r\nHost: h.example.com\r\nX-A: a\rb\r\n\r\n".into(), "400"),
+        ("non-token name", "GET / HTTP/1.1\r\nHost: h.example.com\r\nX(A): b\r\n\r\n".into(), "400"),
+        ("missing Host", "GET / HTTP/1.1\r\nX-A: b\r\n\r\n".into(), "400"),
+        ("duplicate Host", "GET / HTTP/1.1\r\nHost: h.example.com\r\nHost: other.example.com\r\n\r\n".into(), "400"),
+        ("request line too long", long_uri, "414"),
+        ("headers too large", big_header, "431"),
+    ];
+    let mut failures = Vec::new();
+    for (name, raw, want) in &cases {
+        let s = TcpStream::connect(r.http).await.unwrap();
+        let resp = exchange(s, raw.as_bytes()).await;
+        let status = resp.get(9..12).unwrap_or("");
+        // Give a forwarded request time to arrive before looking.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let upstream = rec.take();
+        if status != *want || !upstream.is_empty() {
+            failures.push(format!(
+                "{name}: status {status:?} (want {want}), upstream saw {} bytes",
+                upstream.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // Transfer-Encoding with Content-Length: hyper frames the body by the
+    // chunked coding, drops Content-Length and closes the connection after
+    // the exchange (RFC 9112 §6.3 allows this instead of a 400). What
+    // matters for smuggling: the upstream sees one framing only, and the
+    // bytes after the chunked body never become a second request.
+    let resp = exchange(
+        TcpStream::connect(r.http).await.unwrap(),
+        b"POST / HTTP/1.1\r\nHost: h.example.com\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h.example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "one response: {resp}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let upstream = rec.take().to_ascii_lowercase();
+    assert!(!upstream.contains("content-length"), "{upstream}");
+    assert!(
+        upstream.contains("transfer-encoding: chunked"),
+        "{upstream}"
+    );
+    assert!(!upstream.contains("smuggled"), "{upstream}");
+    // And a good request still goes through.
+    let resp = exchange(
+        TcpStream::connect(r.http).await.unwrap(),
+        get_close("h.example.com").as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(rec.take().starts_with("GET / HTTP/1.1"));
+    r.stop().await;
+}
+
+/// A malformed upstream response is a 502, and the connection it came on
+/// is dropped, never reused for the next request.
+#[tokio::test]
+async fn malformed_upstream_responses_are_502_and_the_connection_is_dropped() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(k) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if k == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..k]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        seen.clear();
+                        // First connection: a broken head; later ones: fine.
+                        let reply: &[u8] = if n == 0 {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: x1\r\n\r\nhello"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[port]),
+        simple_route("default", "web", "u.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let bad = get(r.http, "u.example.com", "/", &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_GATEWAY, "{}", bad.body);
+    let good = get(r.http, "u.example.com", "/", &[]).await;
+    assert_eq!(good.status, StatusCode::OK);
+    assert_eq!(good.body, "ok");
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the broken connection was not reused"
+    );
+    r.stop().await;
+}
