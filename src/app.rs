@@ -117,9 +117,7 @@ async fn start_inner(
     // Bind first: a port conflict is a startup error, not a log line later.
     let http = match cfg.http {
         Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding http listener {a}"))?,
+            bind_public(a, cfg.reuse_port).with_context(|| format!("binding http listener {a}"))?,
         ),
         None => None,
     };
@@ -133,12 +131,14 @@ async fn start_inner(
     };
     let https = match cfg.https {
         Some(a) => Some(
-            TcpListener::bind(a)
-                .await
+            bind_public(a, cfg.reuse_port)
                 .with_context(|| format!("binding https listener {a}"))?,
         ),
         None => None,
     };
+    if cfg.reuse_port && (cfg.http.is_some() || cfg.https.is_some()) {
+        warn_if_no_migration();
+    }
     // Read before binding anything public: a missing or empty token file is
     // a startup error, never an open admin API.
     let admin_token = match &cfg.admin_token_file {
@@ -352,6 +352,33 @@ async fn compile_loop(
             micros = started.elapsed().as_micros() as u64,
             "table published"
         );
+    }
+}
+
+/// A public listener. With `reuse_port` (SO_REUSEPORT) a new process can
+/// bind the same port while the old one drains: a rolling restart never
+/// refuses a connection.
+fn bind_public(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Connections already queued on a listener when it closes are reset,
+/// unless the kernel migrates them to another listener of the port
+/// (net.ipv4.tcp_migrate_req, Linux 5.14+). Say so once at start.
+fn warn_if_no_migration() {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => warn!("net.ipv4.tcp_migrate_req is 0: on a rolling restart, connections queued on the old process when it closes its listeners are reset; set it to 1 for zero-loss restarts"),
+        Err(_) => warn!("this kernel cannot migrate queued connections between listeners (net.ipv4.tcp_migrate_req): a rolling restart may reset a few connections"),
     }
 }
 

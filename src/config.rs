@@ -51,6 +51,11 @@ pub struct RouterConfig {
     /// Lines the access log queue holds before dropping (stdout stalled).
     pub access_log_queue: usize,
     pub admin_token_file: Option<PathBuf>,
+    /// SO_REUSEPORT on the public listeners: a new process binds the same
+    /// ports while the old one drains (rolling restarts; see
+    /// net.ipv4.tcp_migrate_req). Off: a second process on the port is an
+    /// "address in use" error.
+    pub reuse_port: bool,
     /// Request line and headers, in bytes (HAProxy's tune.bufsize bounds
     /// them the same way): beyond, 414 (request line) or 431 (headers).
     pub max_header_bytes: usize,
@@ -131,6 +136,7 @@ impl Default for RouterConfig {
             access_log: AccessLogMode::Json,
             access_log_sample: 1.0,
             accept_proxy: false,
+            reuse_port: true,
             max_header_bytes: 32 * 1024,
             proxy_trusted_sources: Vec::new(),
             access_log_queue: 8192,

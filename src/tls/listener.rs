@@ -29,7 +29,9 @@ pub async fn serve_https(
     let builder = Arc::new(proxy::builder(&settings));
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
+    let mut last_accept = None;
     while let Some((stream, peer)) = proxy::accept(&listener, &mut shutdown).await {
+        last_accept = Some(std::time::Instant::now());
         // Watching starts at accept, so a drain also waits for connections
         // still in their handshake.
         let (proxy, tls, builder, watcher) = (
@@ -50,7 +52,7 @@ pub async fn serve_https(
         });
     }
     drop(listener);
-    proxy::drain(graceful, local, settings.drain).await;
+    proxy::drain(graceful, local, settings.drain, last_accept).await;
 }
 
 /// Why a connection was refused, for the metric and the debug log.

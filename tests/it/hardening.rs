@@ -370,3 +370,103 @@ async fn malformed_upstream_responses_are_502_and_the_connection_is_dropped() {
     );
     r.stop().await;
 }
+
+/// Net effect of a rolling restart under constant load: a new process binds
+/// the same port (SO_REUSEPORT), the old one gets SIGTERM, closes its
+/// listener (the kernel moves its queued connections to the new one,
+/// net.ipv4.tcp_migrate_req) and drains. Not one request may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_loses_nothing() {
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    // The kernel setting zero-loss restarts rely on (documented in the
+    // README); this test machine runs as root.
+    let knob = "/proc/sys/net/ipv4/tcp_migrate_req";
+    if std::fs::read_to_string(knob)
+        .map(|v| v.trim() != "1")
+        .unwrap_or(true)
+    {
+        std::fs::write(knob, "1").expect("set net.ipv4.tcp_migrate_req=1 (needs root)");
+    }
+    let up = Upstream::start("app").await;
+    let dir = manifests_dir("r.example.com", up.port());
+    // A fixed port both processes share.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spawn = || {
+        tokio::process::Command::new(bin())
+            .args(["--log-format", "json", "run", "--manifests"])
+            .arg(dir.path())
+            .args([
+                "--http",
+                &format!("127.0.0.1:{port}"),
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .args(["--access-log", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut old = spawn();
+    let (_old_err, addr, _) = crate::process::listening(&mut old).await;
+
+    // Eight clients, each a new connection per request, as fast as they can.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let resp = match TcpStream::connect(addr).await {
+                    Ok(s) => exchange(s, get_close("r.example.com").as_bytes()).await,
+                    Err(_) => String::new(),
+                };
+                if resp.starts_with("HTTP/1.1 200") {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut new = spawn();
+    let _ = crate::process::listening(&mut new).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = ok.load(Ordering::Relaxed);
+    // SIGTERM the old one; it must exit cleanly after draining.
+    let pid = old.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(20), old.wait())
+        .await
+        .expect("old process exits after draining")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(
+        ok > before && before > 100,
+        "load ran throughout: {before} then {ok}"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across the restart",
+        ok + failed
+    );
+    let _ = new.kill().await;
+}

@@ -462,7 +462,9 @@ type StderrLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildSt
 
 /// Take the child's JSON stderr and read it up to the "gatehouse listening"
 /// line: the lines (to read on) and the http and admin addresses.
-async fn listening(child: &mut tokio::process::Child) -> (StderrLines, SocketAddr, SocketAddr) {
+pub(crate) async fn listening(
+    child: &mut tokio::process::Child,
+) -> (StderrLines, SocketAddr, SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
