@@ -192,6 +192,10 @@ async fn start_inner(
         retry_budget: Default::default(),
         limits: Default::default(),
         proxy_protocol,
+        conn_limits: crate::proxy::conn_limits::ConnLimits::new(
+            cfg.max_connections,
+            cfg.max_connections_per_source,
+        ),
     });
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,

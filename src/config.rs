@@ -51,6 +51,12 @@ pub struct RouterConfig {
     /// Lines the access log queue holds before dropping (stdout stalled).
     pub access_log_queue: usize,
     pub admin_token_file: Option<PathBuf>,
+    /// Client connections open at once, both listeners (OpenShift's
+    /// ROUTER_MAX_CONNECTIONS, 50000); beyond, new ones are closed at once.
+    pub max_connections: usize,
+    /// Client connections from one address (0: no cap). Trusted PROXY
+    /// balancers are not capped as one source.
+    pub max_connections_per_source: u32,
     /// SO_REUSEPORT on the public listeners: a new process binds the same
     /// ports while the old one drains (rolling restarts; see
     /// net.ipv4.tcp_migrate_req). Off: a second process on the port is an
@@ -137,6 +143,8 @@ impl Default for RouterConfig {
             access_log_sample: 1.0,
             accept_proxy: false,
             reuse_port: true,
+            max_connections: 50_000,
+            max_connections_per_source: 0,
             max_header_bytes: 32 * 1024,
             proxy_trusted_sources: Vec::new(),
             access_log_queue: 8192,

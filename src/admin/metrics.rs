@@ -231,6 +231,14 @@ impl Collector for RouterCollector {
                 .zip(m::TLS_FAILURES.iter())
                 .map(|(l, v)| (vec![("reason", *l)], v.load(Relaxed))),
         )?;
+        o.counters(
+            "connections_refused",
+            "Client connections closed at accept for being over a cap: max_connections, or max_connections_per_source.",
+            [
+                (vec![("reason", "max_connections")], crate::proxy::conn_limits::REFUSED[0].load(Relaxed)),
+                (vec![("reason", "per_source")], crate::proxy::conn_limits::REFUSED[1].load(Relaxed)),
+            ],
+        )?;
         o.counter(
             "proxy_header_refused",
             "Connections from trusted balancers closed for a bad or missing PROXY protocol header.",

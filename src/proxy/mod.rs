@@ -4,6 +4,7 @@
 //! Reads the table once per request; never holds it across an `.await`.
 
 mod body;
+pub mod conn_limits;
 mod handler;
 pub mod headers;
 pub mod limits;
@@ -43,9 +44,26 @@ pub struct Proxy {
     pub limits: limits::Limiters,
     /// PROXY protocol: the load balancers' ranges, when it is on.
     pub proxy_protocol: Option<Arc<[crate::model::ipnet::IpNet]>>,
+    /// Connection caps (process-wide and per source address).
+    pub conn_limits: conn_limits::ConnLimits,
 }
 
 impl Proxy {
+    /// Admit a new client connection under the caps; `None`: close it.
+    pub(crate) fn admit(
+        &self,
+        listener: &'static crate::telemetry::metrics::ListenerStats,
+        peer: SocketAddr,
+    ) -> Option<conn_limits::ConnSlot> {
+        // A trusted balancer carries every client behind it: not capped as
+        // one source.
+        let balancer = self
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|t| proxy_protocol::trusted(peer.ip(), t));
+        self.conn_limits.admit(listener, peer.ip(), !balancer)
+    }
+
     /// Read the PROXY header when `peer` is a trusted balancer: the client's
     /// real address and the bytes after the header. `Ok(None)`: no header
     /// expected from this peer.
@@ -185,7 +203,7 @@ pub(crate) fn serve_conn<I>(
     io: I,
     info: Arc<ConnInfo>,
     proxy: Arc<Proxy>,
-    open: crate::telemetry::metrics::ConnGuard,
+    open: conn_limits::ConnSlot,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -227,6 +245,28 @@ pub(crate) fn serve_conn<I>(
     );
 }
 
+/// Serve one client connection to its end on the current task, with the
+/// listeners' protocol settings (fuzzing and embedding; no listener, no
+/// drain).
+pub async fn serve_one<I>(io: I, peer: SocketAddr, proxy: Arc<Proxy>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = ServerSettings {
+        header_timeout: Duration::from_secs(1),
+        drain: Duration::ZERO,
+        max_header_bytes: 32 * 1024,
+    };
+    let info = Arc::new(ConnInfo::new(peer, peer, false));
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (proxy, info) = (proxy.clone(), info.clone());
+        async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
+    });
+    let _ = builder(&settings)
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
+}
+
 /// Serve plain HTTP (h1 and h2c) on `listener` until `shutdown` turns true,
 /// then drain in-flight requests for up to `settings.drain`.
 pub async fn serve_http(
@@ -241,7 +281,10 @@ pub async fn serve_http(
     let mut last_accept = None;
     while let Some((mut stream, peer)) = accept(&listener, &mut shutdown).await {
         last_accept = Some(std::time::Instant::now());
-        let open = crate::telemetry::metrics::HTTP.open();
+        let Some(open) = proxy.admit(&crate::telemetry::metrics::HTTP, peer) else {
+            debug!(%peer, "connection refused: over the connection caps");
+            continue;
+        };
         let local = local.unwrap_or(peer);
         if proxy.proxy_protocol.is_none() {
             let info = Arc::new(ConnInfo::new(peer, local, false));

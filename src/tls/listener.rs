@@ -41,7 +41,10 @@ pub async fn serve_https(
             graceful.watcher(),
         );
         let local = local.unwrap_or(peer);
-        let open = metrics::HTTPS.open();
+        let Some(open) = proxy.admit(&metrics::HTTPS, peer) else {
+            debug!(%peer, "connection refused: over the connection caps");
+            continue;
+        };
         tokio::spawn(async move {
             if let Err((reason, why)) =
                 accept(stream, peer, local, &proxy, &tls, &builder, watcher, open).await
@@ -67,7 +70,7 @@ async fn accept(
     tls: &ServerTls,
     builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
-    open: metrics::ConnGuard,
+    open: crate::proxy::conn_limits::ConnSlot,
 ) -> Result<(), Refused> {
     // Behind a balancer that speaks the PROXY protocol, the header comes
     // first; the real client address is the one allow-lists, balancing and

@@ -470,3 +470,75 @@ async fn rolling_restart_under_load_loses_nothing() {
     );
     let _ = new.kill().await;
 }
+
+/// Slowloris: clients that trickle their headers are cut off at the header
+/// timeout, one address cannot hold more than its share of connections,
+/// and everyone else is served meanwhile.
+#[tokio::test]
+async fn slow_and_greedy_clients_are_bounded() {
+    let up = Upstream::start("app").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "slow.example.com", "", "s")
+    );
+    let r = TestRouter::start_with(&[("r.yaml", &text)], |c| {
+        c.timeouts.http_request = Duration::from_secs(1);
+        c.max_connections_per_source = 20;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // Twenty slow clients from 127.0.0.1, a header byte every 200 ms.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = connect_from("127.0.0.1", r.http).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: slow.example.com\r\nX-A: ")
+            .await
+            .unwrap();
+        slow.push(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                if s.write_all(b"a").await.is_err() {
+                    return std::time::Instant::now();
+                }
+                tokio::select! {
+                    r = s.read(&mut buf) => {
+                        if matches!(r, Ok(0) | Err(_)) {
+                            return std::time::Instant::now();
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A 21st from the same address: closed at once, nothing served.
+    let extra = connect_from("127.0.0.1", r.http).await;
+    let resp = exchange(extra, get_close("slow.example.com").as_bytes()).await;
+    assert_eq!(resp, "", "over the per-source cap");
+    // Another address is served while the slow ones hang on.
+    let s = connect_from("127.0.0.2", r.http).await;
+    let resp = exchange(s, get_close("slow.example.com").as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // Every slow client is cut off at the header timeout (1 s), well before
+    // it would have finished.
+    for t in slow {
+        let ended = t.await.unwrap().duration_since(started);
+        assert!(
+            ended >= Duration::from_millis(900) && ended < Duration::from_secs(4),
+            "slow client ended after {ended:?}"
+        );
+    }
+    // Their slots are free again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = connect_from("127.0.0.1", r.http).await;
+    let resp = exchange(s, get_close("slow.example.com").as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let m = get(r.admin, "admin", "/metrics", &[]).await.body;
+    assert!(
+        m.contains("gatehouse_connections_refused_total{reason=\"per_source\"} 1"),
+        "{m}"
+    );
+    r.stop().await;
+}
