@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 /// Connections refused: 0 over the process cap, 1 over the per-source cap.
 pub static REFUSED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
+/// Open connections per source address.
+type Counts = Arc<Mutex<FxHashMap<IpAddr, u32>>>;
+
 /// The caps and the live per-source counts.
 #[derive(Debug)]
 pub struct ConnLimits {
@@ -19,7 +22,7 @@ pub struct ConnLimits {
     pub max: usize,
     /// Client connections from one address (0: no cap).
     pub per_source: u32,
-    open: Arc<Mutex<FxHashMap<IpAddr, u32>>>,
+    open: Counts,
 }
 
 impl Default for ConnLimits {
@@ -32,7 +35,7 @@ impl Default for ConnLimits {
 #[derive(Debug)]
 pub struct ConnSlot {
     _open: ConnGuard,
-    source: Option<(Arc<Mutex<FxHashMap<IpAddr, u32>>>, IpAddr)>,
+    source: Option<(Counts, IpAddr)>,
 }
 
 impl Drop for ConnSlot {
