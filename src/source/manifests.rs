@@ -79,7 +79,17 @@ impl ManifestsDir {
                 continue;
             }
             changed = true;
-            let state = read_file(&path, stamp);
+            let mut state = read_file(&path, stamp);
+            // A file that now yields nothing but errors (garbage, a
+            // half-written save, binary junk) keeps its last good objects:
+            // its routes stay up while someone fixes it. A partly valid file
+            // loads what is valid.
+            if state.objects.is_empty() && !state.errors.is_empty() {
+                if let Some(prev) = self.files.get(&path).filter(|p| !p.objects.is_empty()) {
+                    warn!(file = %path.display(), "file cannot be read as manifests; keeping its last good objects");
+                    state.objects = prev.objects.clone();
+                }
+            }
             for e in &state.errors {
                 warn!(file = %path.display(), object = e.object.as_deref().unwrap_or(""), error = %e.reason, document = e.doc, "manifest not loaded");
             }

@@ -542,3 +542,89 @@ async fn slow_and_greedy_clients_are_bounded() {
     );
     r.stop().await;
 }
+
+/// A manifests file turned to garbage keeps its last good routes (someone
+/// is mid-edit, a volume hiccup); a burst of 10k route changes is
+/// absorbed while the existing route keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_files_and_route_bursts_do_not_take_routes_down() {
+    let up = Upstream::start("app").await;
+    let base = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "g.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("app.yaml", &base)]).await;
+    assert_eq!(
+        get(r.http, "g.example.com", "/", &[]).await.status,
+        StatusCode::OK
+    );
+
+    // Garbage in place of the file, and a junk file next to it.
+    std::fs::write(r.path("app.yaml"), b"\x00\x9f{{{ not: [yaml\n\xff").unwrap();
+    std::fs::write(r.path("junk.yaml"), b"::::\n- - - {").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        get(r.http, "g.example.com", "/", &[]).await.status,
+        StatusCode::OK,
+        "the last good objects of a garbled file stay"
+    );
+
+    // 10k routes written ten times in a row while a client keeps asking.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let probe = {
+        let (stop, failures, addr) = (stop.clone(), failures.clone(), r.http);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if get(addr, "g.example.com", "/", &[]).await.status != StatusCode::OK {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    let gen = r.generation();
+    for round in 0..10 {
+        let mut burst = service("burst", "s", &[up.port()]);
+        for i in 0..10_000 {
+            burst.push_str(&simple_route(
+                "burst",
+                &format!("r{i}"),
+                &format!("b{i}-{round}.example.com"),
+                "",
+                "s",
+            ));
+        }
+        std::fs::write(r.path("burst.yaml"), &burst).unwrap();
+    }
+    // The last burst is what ends up served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while r.generation() <= gen && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        let reply = get(r.http, "b9999-9.example.com", "/", &[]).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let probes = probe.await.unwrap();
+    assert_eq!(
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "{probes} probes during the bursts"
+    );
+    let reply = get(r.http, "b9999-9.example.com", "/", &[]).await;
+    assert_ne!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    r.stop().await;
+}
