@@ -192,6 +192,7 @@ async fn start_inner(
         retry_budget: Default::default(),
         limits: Default::default(),
         proxy_protocol,
+        proxy_to_passthrough: cfg.proxy_protocol_to_passthrough,
         conn_limits: crate::proxy::conn_limits::ConnLimits::new(
             cfg.max_connections,
             cfg.max_connections_per_source,

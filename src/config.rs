@@ -57,6 +57,11 @@ pub struct RouterConfig {
     /// Client connections from one address (0: no cap). Trusted PROXY
     /// balancers are not capped as one source.
     pub max_connections_per_source: u32,
+    /// Send a PROXY protocol v2 header (client and listener addresses)
+    /// ahead of the ClientHello to passthrough backends, which terminate TLS
+    /// themselves and would otherwise see only the router's address. The
+    /// backends must expect it.
+    pub proxy_protocol_to_passthrough: bool,
     /// SO_REUSEPORT on the public listeners: a new process binds the same
     /// ports while the old one drains (rolling restarts; see
     /// net.ipv4.tcp_migrate_req). Off: a second process on the port is an
@@ -143,6 +148,7 @@ impl Default for RouterConfig {
             access_log_sample: 1.0,
             accept_proxy: false,
             reuse_port: true,
+            proxy_protocol_to_passthrough: false,
             max_connections: 50_000,
             max_connections_per_source: 0,
             max_header_bytes: 32 * 1024,

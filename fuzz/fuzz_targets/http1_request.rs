@@ -74,6 +74,7 @@ fn proxy() -> Arc<Proxy> {
                 limits: Default::default(),
                 proxy_protocol: None,
                 conn_limits: Default::default(),
+                proxy_to_passthrough: false,
             })
         })
     })

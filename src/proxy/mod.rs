@@ -46,6 +46,8 @@ pub struct Proxy {
     pub proxy_protocol: Option<Arc<[crate::model::ipnet::IpNet]>>,
     /// Connection caps (process-wide and per source address).
     pub conn_limits: conn_limits::ConnLimits,
+    /// Send a PROXY v2 header to passthrough backends.
+    pub proxy_to_passthrough: bool,
 }
 
 impl Proxy {

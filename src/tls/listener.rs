@@ -127,9 +127,19 @@ async fn accept(
                     }
                 }
             };
-            up.write_all(&buf)
+            // The backend learns the client's address from a PROXY v2
+            // header ahead of the ClientHello (when configured).
+            let first = if proxy.proxy_to_passthrough {
+                let mut v = crate::proxy::proxy_protocol::encode_v2(peer, local);
+                v.extend_from_slice(&buf);
+                v
+            } else {
+                buf
+            };
+            up.write_all(&first)
                 .await
                 .map_err(|_| (TlsRefusal::Passthrough, "passthrough write failed"))?;
+            let buf = first;
             drop(buf);
             metrics::PASSTHROUGH_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
             crate::proxy::tunnel::pipe(stream, up, route.settings.passthrough_idle).await;

@@ -628,3 +628,71 @@ async fn garbage_files_and_route_bursts_do_not_take_routes_down() {
     );
     r.stop().await;
 }
+
+/// Client address end to end through passthrough: a balancer's PROXY v1
+/// header in, a PROXY v2 header out to the backend that terminates TLS.
+#[tokio::test]
+async fn passthrough_backends_get_the_client_address_in_proxy_v2() {
+    use gatehouse::proxy::proxy_protocol::{parse, Header};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let header = loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a PROXY header");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some((h, used)) = parse(&buf).unwrap() {
+                // A TLS handshake record follows.
+                break (h, buf.get(used).copied());
+            }
+        };
+        let _ = tx.send(header);
+    });
+    let text = format!(
+        "{}{}",
+        service("default", "pt", &[backend.port()]),
+        crate::tls::tls_route("pt", "pt.example.com", "pt", "passthrough", &[], "")
+    );
+    let r = https_router(&[("r.yaml", &text)], |c| {
+        c.accept_proxy = true;
+        c.proxy_trusted_sources = vec!["127.0.0.2/32".into()];
+        c.proxy_protocol_to_passthrough = true;
+    })
+    .await;
+    let https = r.https.unwrap();
+    let mut s = connect_from("127.0.0.2", https).await;
+    s.write_all(b"PROXY TCP4 203.0.113.5 10.0.0.1 41000 443\r\n")
+        .await
+        .unwrap();
+    let ca = Ca::new("unused");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(ca.roots(), &[])));
+    // The backend closes after reading: the handshake fails, which is fine.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        connector.connect(
+            rustls::pki_types::ServerName::try_from("pt.example.com").unwrap(),
+            s,
+        ),
+    )
+    .await;
+    let (header, next) = tokio::time::timeout(Duration::from_secs(3), rx)
+        .await
+        .unwrap()
+        .unwrap();
+    match header {
+        Header::Proxied {
+            source,
+            destination,
+        } => {
+            assert_eq!(source, "203.0.113.5:41000".parse().unwrap());
+            assert_eq!(destination, https);
+        }
+        Header::Local => panic!("expected the client's address"),
+    }
+    assert_eq!(next, Some(0x16), "the ClientHello follows the header");
+    r.stop().await;
+}

@@ -70,7 +70,7 @@ fn block(pem: &str) -> String {
     s
 }
 
-fn tls_route(
+pub(crate) fn tls_route(
     name: &str,
     host: &str,
     svc: &str,
