@@ -269,12 +269,18 @@ async fn compile_loop(
     if !wait_for_first {
         objects.mark_changed();
     }
+    // After a compile that took T, the next one starts no sooner than T
+    // later: however fast the source changes, compiling takes at most half
+    // a core, and changes arriving meanwhile fold into one compile (the
+    // OpenShift router reloads at most every 5 s). Small tables and
+    // endpoint-only updates take a millisecond, so they barely wait.
+    let mut next_allowed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             r = objects.changed() => if r.is_err() { return },
             _ = crate::app_signal::stopped(&mut shutdown) => return,
         }
-        tokio::time::sleep(COALESCE).await;
+        tokio::time::sleep_until(next_allowed.max(tokio::time::Instant::now() + COALESCE)).await;
         let current = objects.borrow_and_update().clone();
         let change = match &prev {
             Some(p) => current.change_from(p),
@@ -336,7 +342,9 @@ async fn compile_loop(
         );
         let rejected = t.statuses.len() - routes;
         let old_table = store.publish(t);
-        crate::telemetry::metrics::TABLE.record(kind == "full", started.elapsed());
+        let took = started.elapsed();
+        crate::telemetry::metrics::TABLE.record(kind == "full", took);
+        next_allowed = tokio::time::Instant::now() + took;
         let old_objects = prev.replace(current);
         // Freeing a 10k-route table takes milliseconds: not on a thread that
         // serves requests.

@@ -203,6 +203,9 @@ done
 # the load scenarios.
 LOAD_SCEN=()
 for s in "${SCEN[@]}"; do [ "$s" = idle ] || LOAD_SCEN+=("$s"); done
+if [[ " ${SCEN[*]} " == *" swap "* ]] && [ -n "${GH_B_ARGS:-}${GATEHOUSE_B:-}" ]; then
+    say "warning: swap with gatehouse-b: both watch the same manifests, so the idle one compiles on the proxy CPU while the other is loaded; the b/a ratio of swap is biased"
+fi
 if [[ " ${SCEN[*]} " == *" swap "* ]] && [ "$FILLER" -lt 10000 ]; then
     say "swap scenario: 10k routes (FILLER=10000)"
     FILLER=10000
