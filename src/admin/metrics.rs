@@ -367,17 +367,19 @@ impl Collector for RouterCollector {
             }
         }
         eps.sort_by(|a, b| a.0.cmp(&b.0));
-        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         o.counters(
             "endpoint_requests",
             "Responses per endpoint by status class (across the routes that use it).",
             eps.iter().flat_map(|(l, live)| {
-                classes.iter().zip(live.stats.classes.iter()).map(|(c, v)| {
-                    let mut l: Vec<(&str, &str)> =
-                        l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    l.push(("code", c));
-                    (l, v.load(Relaxed))
-                })
+                crate::table::CLASS_LABELS
+                    .iter()
+                    .zip(live.stats.classes.iter())
+                    .map(|(c, v)| {
+                        let mut l: Vec<(&str, &str)> =
+                            l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        l.push(("code", c));
+                        (l, v.load(Relaxed))
+                    })
             }),
         )?;
         let plain = endpoint_labels;

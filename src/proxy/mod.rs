@@ -213,24 +213,7 @@ pub(crate) fn serve_conn<I>(
     // Spans at debug level: free (one callsite check) unless RUST_LOG asks
     // for them; then every log line of a request names its connection.
     let span = tracing::debug_span!("conn", %peer, tls = info.tls);
-    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let proxy = proxy.clone();
-        let info = info.clone();
-        let span = tracing::debug_span!(
-            "request",
-            method = %req.method(),
-            path = req.uri().path(),
-            id = tracing::field::Empty
-        );
-        use tracing::Instrument as _;
-        // Boxed: hyper keeps the service future in a per-connection box
-        // sized for it, idle or not; a pointer there instead of the whole
-        // request future keeps idle connections small.
-        Box::pin(
-            async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
-                .instrument(span),
-        )
-    });
+    let svc = service(proxy, info);
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
@@ -247,6 +230,41 @@ pub(crate) fn serve_conn<I>(
     );
 }
 
+/// The per-connection service: every request through `handler::handle`, in
+/// a request span.
+fn service(
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<hyper::Response<ProxyBody>, Infallible>>
+                 + Send
+                 + 'static,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        let span = tracing::debug_span!(
+            "request",
+            method = %req.method(),
+            path = req.uri().path(),
+            id = tracing::field::Empty
+        );
+        use tracing::Instrument as _;
+        // Boxed: hyper keeps the service future in a per-connection box
+        // sized for it, idle or not; a pointer there instead of the whole
+        // request future keeps idle connections small.
+        Box::pin(
+            async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
+                .instrument(span),
+        )
+    })
+}
+
 /// Serve one client connection to its end on the current task, with the
 /// listeners' protocol settings (fuzzing and embedding; no listener, no
 /// drain).
@@ -260,10 +278,7 @@ where
         max_header_bytes: 32 * 1024,
     };
     let info = Arc::new(ConnInfo::new(peer, peer, false));
-    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let (proxy, info) = (proxy.clone(), info.clone());
-        async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
-    });
+    let svc = service(proxy, info);
     let _ = builder(&settings)
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await;

@@ -73,8 +73,7 @@ pub struct EndpointCounters {
 
 impl EndpointCounters {
     pub fn finish(&self, status: u16, bytes: u64) {
-        let i = (status / 100).clamp(1, 5) as usize - 1;
-        self.classes[i].fetch_add(1, Ordering::Relaxed);
+        self.classes[super::stats::class_index(status)].fetch_add(1, Ordering::Relaxed);
         if bytes != 0 {
             self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }

@@ -10,7 +10,7 @@ mod lookup;
 mod stats;
 mod store;
 
-pub use stats::{RouteCounters, StatsRegistry, UpstreamError, STICKY_LABELS};
+pub use stats::{RouteCounters, StatsRegistry, UpstreamError, CLASS_LABELS, STICKY_LABELS};
 
 pub use live::{ActiveGuard, EndpointCounters, EndpointLive, HealthPolicy, LiveRegistry};
 

@@ -33,6 +33,14 @@ impl UpstreamError {
 /// no cookie yet).
 pub const STICKY_LABELS: [&str; 3] = ["hit", "miss", "new"];
 
+/// Status class labels, index 0 = 1xx … 4 = 5xx.
+pub const CLASS_LABELS: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CLASS_LABELS`] for a status code.
+pub fn class_index(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
 /// Everything counted for one route.
 #[derive(Debug)]
 pub struct RouteCounters {
@@ -73,14 +81,12 @@ impl Default for RouteCounters {
 
 impl RouteCounters {
     pub fn count(&self, status: u16) {
-        let i = (status / 100).clamp(1, 5) as usize - 1;
-        self.classes[i].fetch_add(1, Ordering::Relaxed);
+        self.classes[class_index(status)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// (class label, count) pairs: `1xx` … `5xx`.
     pub fn snapshot(&self) -> [(&'static str, u64); 5] {
-        let l = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        std::array::from_fn(|i| (l[i], self.classes[i].load(Ordering::Relaxed)))
+        std::array::from_fn(|i| (CLASS_LABELS[i], self.classes[i].load(Ordering::Relaxed)))
     }
 
     pub fn error(&self, kind: UpstreamError) {

@@ -48,10 +48,6 @@ impl Histogram {
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
         (sum, total, out)
     }
-
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
 }
 
 /// Request durations: 1 ms … 30 s.
