@@ -36,7 +36,10 @@ spec: {host: fuzz.example.com, path: /p, to: {kind: Service, name: s}}
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
-metadata: {name: root, namespace: fuzz}
+metadata:
+  name: root
+  namespace: fuzz
+  annotations: {router.openshift.io/cookie_name: sess}
 spec: {host: fuzz.example.com, to: {kind: Service, name: s}}
 "#;
 

@@ -245,6 +245,11 @@ impl Collector for RouterCollector {
             m::PROXY_HEADER_REFUSED.load(Relaxed),
         )?;
         o.counter(
+            "connections_closed_for_cancels",
+            "Client connections closed for cancelling most of their requests (HTTP/2 rapid reset).",
+            crate::proxy::CLOSED_FOR_CANCELS.load(Relaxed),
+        )?;
+        o.counter(
             "passthrough_connections",
             "Connections spliced to passthrough routes' endpoints.",
             m::PASSTHROUGH_CONNECTIONS.load(Relaxed),

@@ -150,6 +150,67 @@ pub struct ConnInfo {
     /// Requests seen on this connection (the first one opens it, for
     /// per-client connection rates).
     pub requests: std::sync::atomic::AtomicU32,
+    /// Requests started and cancelled by the client on this connection.
+    pub cancels: Cancels,
+}
+
+/// A client that cancels most of the requests it starts — HTTP/2 rapid
+/// reset (CVE-2023-44487): HEADERS then RST_STREAM, over and over, each
+/// one costing an upstream request — is closed once it has cancelled
+/// `Cancels::LIMIT` requests and more than half of what it asked. Browsers
+/// cancel a few streams when a page changes; nothing legitimate cancels
+/// hundreds. (HAProxy's equivalent is `tune.h2.fe.glitches-threshold`.)
+#[derive(Debug, Default)]
+pub struct Cancels {
+    started: std::sync::atomic::AtomicU32,
+    cancelled: std::sync::atomic::AtomicU32,
+    closing: std::sync::atomic::AtomicBool,
+    /// Woken when the connection is to be closed.
+    close: tokio::sync::Notify,
+}
+
+/// Connections closed for cancelling too many requests.
+pub static CLOSED_FOR_CANCELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Cancels {
+    pub const LIMIT: u32 = 100;
+
+    fn start(&self) {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn cancelled(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = self.cancelled.fetch_add(1, Relaxed) + 1;
+        if c >= Self::LIMIT
+            && c > self.started.load(Relaxed) / 2
+            && !self.closing.swap(true, Relaxed)
+        {
+            CLOSED_FOR_CANCELS.fetch_add(1, Relaxed);
+            self.close.notify_one();
+        }
+    }
+}
+
+/// Counts its request as cancelled unless disarmed by the response.
+struct CancelGuard {
+    info: Arc<ConnInfo>,
+    armed: bool,
+}
+
+impl CancelGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.info.cancels.cancelled();
+        }
+    }
 }
 
 impl ConnInfo {
@@ -165,6 +226,7 @@ impl ConnInfo {
             port_value: HeaderValue::from(local.port()),
             client_dn: None,
             requests: std::sync::atomic::AtomicU32::new(0),
+            cancels: Cancels::default(),
         }
     }
 }
@@ -210,10 +272,10 @@ pub(crate) fn serve_conn<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let svc = service(proxy, info.clone());
     // Spans at debug level: free (one callsite check) unless RUST_LOG asks
     // for them; then every log line of a request names its connection.
     let span = tracing::debug_span!("conn", %peer, tls = info.tls);
-    let svc = service(proxy, info);
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
@@ -221,8 +283,13 @@ pub(crate) fn serve_conn<I>(
     use tracing::Instrument as _;
     tokio::spawn(
         async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "client connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    debug!(%peer, error = %e, "client connection ended with an error");
+                },
+                _ = info.cancels.close.notified() => {
+                    warn!(%peer, "closing a client connection that cancels most of its requests (HTTP/2 rapid reset?)");
+                }
             }
             drop(open);
         }
@@ -247,7 +314,11 @@ fn service(
        + 'static {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
-        let info = info.clone();
+        info.cancels.start();
+        let mut guard = CancelGuard {
+            info: info.clone(),
+            armed: true,
+        };
         let span = tracing::debug_span!(
             "request",
             method = %req.method(),
@@ -259,8 +330,12 @@ fn service(
         // sized for it, idle or not; a pointer there instead of the whole
         // request future keeps idle connections small.
         Box::pin(
-            async move { Ok::<_, Infallible>(handler::handle(&proxy, &info, req).await) }
-                .instrument(span),
+            async move {
+                let resp = handler::handle(&proxy, &guard.info, req).await;
+                guard.disarm();
+                Ok::<_, Infallible>(resp)
+            }
+            .instrument(span),
         )
     })
 }
