@@ -6,6 +6,7 @@ mod admission;
 mod balance;
 mod dashboard;
 mod egress;
+mod faults;
 mod h2abuse;
 mod hardening;
 mod kube;
