@@ -73,16 +73,13 @@ async fn run(client: TcpStream, target: SocketAddr, fault: Fault) {
         return;
     }
     let (mut cr, mut cw) = client.into_split();
-    match fault {
-        Fault::Blackhole => {
-            let mut sink = [0u8; 4096];
-            while matches!(cr.read(&mut sink).await, Ok(n) if n > 0) {}
-            // Keep the write half open until the router gives up.
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            drop(cw);
-            return;
-        }
-        _ => {}
+    if let Fault::Blackhole = fault {
+        let mut sink = [0u8; 4096];
+        while matches!(cr.read(&mut sink).await, Ok(n) if n > 0) {}
+        // Keep the write half open until the router gives up.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(cw);
+        return;
     }
     let Ok(up) = TcpStream::connect(target).await else {
         return;
