@@ -193,6 +193,7 @@ async fn start_inner(
         limits: Default::default(),
         proxy_protocol,
         proxy_to_passthrough: cfg.proxy_protocol_to_passthrough,
+        client_timeout: cfg.timeouts.client,
         conn_limits: crate::proxy::conn_limits::ConnLimits::new(
             cfg.max_connections,
             cfg.max_connections_per_source,
@@ -200,6 +201,7 @@ async fn start_inner(
     });
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,
+        keep_alive_timeout: cfg.timeouts.http_keep_alive,
         max_header_bytes: cfg.max_header_bytes.max(1024),
         drain: cfg.timeouts.drain,
     };

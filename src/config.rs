@@ -182,9 +182,18 @@ pub struct Timeouts {
     /// Waiting for the upstream's response (route annotation overrides).
     #[serde(deserialize_with = "de_duration")]
     pub server: Duration,
-    /// Reading the request headers (slowloris guard).
+    /// Reading the request headers (slowloris guard), from the first byte
+    /// of a request (HAProxy `timeout http-request`).
     #[serde(deserialize_with = "de_duration")]
     pub http_request: Duration,
+    /// A client connection with no request in progress (HAProxy `timeout
+    /// http-keep-alive`; OpenShift's ROUTER_SLOWLORIS_HTTP_KEEPALIVE).
+    #[serde(deserialize_with = "de_duration")]
+    pub http_keep_alive: Duration,
+    /// A client silent in the middle of its request body (HAProxy
+    /// `timeout client`; ROUTER_DEFAULT_CLIENT_TIMEOUT): 408.
+    #[serde(deserialize_with = "de_duration")]
+    pub client: Duration,
     /// Idle upgraded connections (WebSocket).
     #[serde(deserialize_with = "de_duration")]
     pub tunnel: Duration,
@@ -202,6 +211,8 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             server: Duration::from_secs(30),
             http_request: Duration::from_secs(10),
+            http_keep_alive: Duration::from_secs(300),
+            client: Duration::from_secs(30),
             tunnel: Duration::from_secs(3600),
             upstream_idle: Duration::from_secs(90),
             drain: Duration::from_secs(30),

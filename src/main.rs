@@ -92,6 +92,20 @@ struct RunArgs {
     /// Load balancer networks that may send PROXY headers (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',')]
     proxy_trusted_sources: Vec<String>,
+    /// Time for a request head, from its first byte (e.g. 10s).
+    #[arg(long, env = "ROUTER_SLOWLORIS_TIMEOUT", value_parser = duration)]
+    http_request_timeout: Option<std::time::Duration>,
+    /// Idle time allowed between requests on a client connection (e.g. 300s).
+    #[arg(long, env = "ROUTER_SLOWLORIS_HTTP_KEEPALIVE", value_parser = duration)]
+    keep_alive_timeout: Option<std::time::Duration>,
+    /// Time a client may stay silent mid-body (e.g. 30s).
+    #[arg(long, env = "ROUTER_DEFAULT_CLIENT_TIMEOUT", value_parser = duration)]
+    client_timeout: Option<std::time::Duration>,
+}
+
+/// An OpenShift duration (`10s`, `5m`, `300ms`; a bare number is ms).
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    gatehouse::model::duration::parse(s).ok_or_else(|| format!("not a duration: {s:?}"))
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +267,15 @@ fn load_run_config(a: RunArgs) -> anyhow::Result<RouterConfig> {
     }
     if !a.proxy_trusted_sources.is_empty() {
         cfg.proxy_trusted_sources = a.proxy_trusted_sources;
+    }
+    if let Some(d) = a.http_request_timeout {
+        cfg.timeouts.http_request = d;
+    }
+    if let Some(d) = a.keep_alive_timeout {
+        cfg.timeouts.http_keep_alive = d;
+    }
+    if let Some(d) = a.client_timeout {
+        cfg.timeouts.client = d;
     }
     Ok(cfg)
 }

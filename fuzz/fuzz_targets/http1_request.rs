@@ -78,6 +78,7 @@ fn proxy() -> Arc<Proxy> {
                 proxy_protocol: None,
                 conn_limits: Default::default(),
                 proxy_to_passthrough: false,
+                client_timeout: Duration::from_secs(1),
             })
         })
     })

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -97,51 +98,109 @@ impl Body for UpstreamBody {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body sent upstream: the client's, streamed, or none (a replayed
 /// bodyless request).
 #[derive(Debug)]
 pub enum RequestBody {
     Client(Incoming),
-    /// The client's body, its bytes counted on the route.
-    Counted(Incoming, Arc<crate::table::RouteCounters>),
+    /// The client's body, its bytes counted on the route, its silences
+    /// bounded by the client timeout.
+    Counted(Incoming, Arc<crate::table::RouteCounters>, ClientIdle),
     Empty,
+}
+
+/// How long a client may stay silent mid-body (HAProxy `timeout client`),
+/// and the timer, which exists only while the body is stalled.
+#[derive(Debug)]
+pub struct ClientIdle {
+    limit: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ClientIdle {
+    /// `limit` zero: no limit.
+    pub fn new(limit: std::time::Duration) -> Self {
+        ClientIdle { limit, timer: None }
+    }
+}
+
+/// The error a request body ends with when the client went silent: the
+/// handler answers 408 for it.
+#[derive(Debug)]
+pub struct ClientTimedOut;
+
+impl std::fmt::Display for ClientTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client silent mid-body longer than the client timeout")
+    }
+}
+
+impl std::error::Error for ClientTimedOut {}
+
+impl ClientTimedOut {
+    /// Whether `e` or one of its sources is a client body timeout.
+    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut e = Some(e);
+        while let Some(x) = e {
+            if x.is::<ClientTimedOut>() {
+                return true;
+            }
+            e = x.source();
+        }
+        false
+    }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Client(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Counted(b, stats) => {
-                let r = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(f))) = &r {
-                    if let Some(d) = f.data_ref() {
-                        stats
-                            .bytes_in
-                            .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            RequestBody::Client(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Counted(b, stats, idle) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(r) => {
+                    idle.timer = None;
+                    if let Some(Ok(f)) = &r {
+                        if let Some(d) = f.data_ref() {
+                            stats
+                                .bytes_in
+                                .fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    Poll::Ready(r.map(|r| r.map_err(Into::into)))
+                }
+                Poll::Pending if idle.limit.is_zero() => Poll::Pending,
+                Poll::Pending => {
+                    let limit = idle.limit;
+                    let t = idle
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    match t.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientTimedOut)))),
+                        Poll::Pending => Poll::Pending,
                     }
                 }
-                r
-            }
+            },
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(b) | RequestBody::Counted(b, _) => b.is_end_stream(),
+            RequestBody::Client(b) | RequestBody::Counted(b, ..) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(b) | RequestBody::Counted(b, _) => b.size_hint(),
+            RequestBody::Client(b) | RequestBody::Counted(b, ..) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

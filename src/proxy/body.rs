@@ -22,6 +22,9 @@ use std::time::Instant;
 pub struct ProxyBody {
     kind: Kind,
     done: Option<Done>,
+    /// The request's place on its client connection, held until the body
+    /// is done (client idle deadlines; see `proxy::idle`).
+    conn: Option<super::RequestGuard>,
 }
 
 #[derive(Debug)]
@@ -37,6 +40,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Local(Some(text.into())),
             done: None,
+            conn: None,
         }
     }
 
@@ -44,6 +48,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Local(None),
             done: None,
+            conn: None,
         }
     }
 
@@ -51,7 +56,13 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body, Some(hold)),
             done: None,
+            conn: None,
         }
+    }
+
+    /// Hold the request's connection guard until the body is done.
+    pub fn hold(&mut self, guard: super::RequestGuard) {
+        self.conn = Some(guard);
     }
 
     /// Attach the completion record (counted when the body is finished).

@@ -293,7 +293,11 @@ async fn forward(
     let body = if body.is_end_stream() {
         RequestBody::Client(body)
     } else {
-        RequestBody::Counted(body, route.stats.clone())
+        RequestBody::Counted(
+            body,
+            route.stats.clone(),
+            crate::pool::ClientIdle::new(proxy.client_timeout),
+        )
     };
     let mut up = Request::from_parts(parts, body);
     // Connect first: a refused or timed-out connect moves to the next
@@ -608,6 +612,16 @@ async fn forward(
                         body,
                         super::body::InFlight::new(guard, slot, route.settings.timeout),
                     ),
+                ),
+                Some(endpoint),
+            )
+        }
+        Ok(Err(e)) if crate::pool::ClientTimedOut::caused(&e.source) => {
+            debug!(route = %route.name, namespace = %route.namespace, "client silent mid-body");
+            (
+                local::close(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
                 ),
                 Some(endpoint),
             )

@@ -7,6 +7,7 @@ mod body;
 pub mod conn_limits;
 mod handler;
 pub mod headers;
+pub mod idle;
 pub mod limits;
 pub mod proxy_protocol;
 
@@ -48,6 +49,8 @@ pub struct Proxy {
     pub conn_limits: conn_limits::ConnLimits,
     /// Send a PROXY v2 header to passthrough backends.
     pub proxy_to_passthrough: bool,
+    /// Longest client silence mid-body (0: none); then 408.
+    pub client_timeout: Duration,
 }
 
 impl Proxy {
@@ -152,6 +155,10 @@ pub struct ConnInfo {
     pub requests: std::sync::atomic::AtomicU32,
     /// Requests started and cancelled by the client on this connection.
     pub cancels: Cancels,
+    /// Requests in progress (service called, response body not done).
+    pub busy: std::sync::atomic::AtomicU32,
+    /// Bytes arrived while a request was in progress.
+    pub read_while_busy: std::sync::atomic::AtomicBool,
 }
 
 /// A client that cancels most of the requests it starts — HTTP/2 rapid
@@ -193,23 +200,34 @@ impl Cancels {
     }
 }
 
-/// Counts its request as cancelled unless disarmed by the response.
-struct CancelGuard {
+/// One request in progress on its connection: from the service call until
+/// the response body is done or dropped (it moves into the body). Dropped
+/// before a response exists, the request was cancelled by the client.
+#[derive(Debug)]
+pub struct RequestGuard {
     info: Arc<ConnInfo>,
-    armed: bool,
+    answered: bool,
 }
 
-impl CancelGuard {
-    fn disarm(&mut self) {
-        self.armed = false;
+impl RequestGuard {
+    fn new(info: Arc<ConnInfo>) -> Self {
+        info.cancels.start();
+        info.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RequestGuard {
+            info,
+            answered: false,
+        }
     }
 }
 
-impl Drop for CancelGuard {
+impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if self.armed {
+        if !self.answered {
             self.info.cancels.cancelled();
         }
+        self.info
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -227,6 +245,8 @@ impl ConnInfo {
             client_dn: None,
             requests: std::sync::atomic::AtomicU32::new(0),
             cancels: Cancels::default(),
+            busy: std::sync::atomic::AtomicU32::new(0),
+            read_while_busy: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -236,19 +256,29 @@ impl ConnInfo {
 pub struct ServerSettings {
     /// Time allowed to send request headers.
     pub header_timeout: Duration,
+    /// Idle time allowed between requests.
+    pub keep_alive_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
     /// Request line + header bytes allowed (larger: 414 / 431).
     pub max_header_bytes: usize,
 }
 
-/// The hyper server builder both listeners use.
-pub(crate) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+/// How both listeners serve a client connection: hyper's builder and the
+/// client deadlines.
+pub(crate) struct ConnServer {
+    builder: auto::Builder<TokioExecutor>,
+    deadlines: idle::Deadlines,
+}
+
+/// The connection server both listeners use.
+pub(crate) fn builder(settings: &ServerSettings) -> ConnServer {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        // The header and keep-alive deadlines are `idle::ClientIo`'s.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -257,12 +287,18 @@ pub(crate) fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .max_concurrent_streams(250)
         .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
+    ConnServer {
+        builder,
+        deadlines: idle::Deadlines {
+            header: settings.header_timeout,
+            keep_alive: settings.keep_alive_timeout,
+        },
+    }
 }
 
 /// Serve one client connection (plain or already-decrypted TLS).
 pub(crate) fn serve_conn<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    server: &ConnServer,
     watcher: hyper_util::server::graceful::Watcher,
     io: I,
     info: Arc<ConnInfo>,
@@ -276,7 +312,9 @@ pub(crate) fn serve_conn<I>(
     // Spans at debug level: free (one callsite check) unless RUST_LOG asks
     // for them; then every log line of a request names its connection.
     let span = tracing::debug_span!("conn", %peer, tls = info.tls);
-    let conn = builder
+    let io = idle::ClientIo::new(io, info.clone(), server.deadlines);
+    let conn = server
+        .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .into_owned();
     let conn = watcher.watch(conn);
@@ -314,11 +352,7 @@ fn service(
        + 'static {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
-        info.cancels.start();
-        let mut guard = CancelGuard {
-            info: info.clone(),
-            armed: true,
-        };
+        let mut guard = RequestGuard::new(info.clone());
         let span = tracing::debug_span!(
             "request",
             method = %req.method(),
@@ -331,8 +365,9 @@ fn service(
         // request future keeps idle connections small.
         Box::pin(
             async move {
-                let resp = handler::handle(&proxy, &guard.info, req).await;
-                guard.disarm();
+                let mut resp = handler::handle(&proxy, &guard.info, req).await;
+                guard.answered = true;
+                resp.body_mut().hold(guard);
                 Ok::<_, Infallible>(resp)
             }
             .instrument(span),
@@ -349,12 +384,16 @@ where
 {
     let settings = ServerSettings {
         header_timeout: Duration::from_secs(1),
+        keep_alive_timeout: Duration::from_secs(1),
         drain: Duration::ZERO,
         max_header_bytes: 32 * 1024,
     };
     let info = Arc::new(ConnInfo::new(peer, peer, false));
+    let server = builder(&settings);
+    let io = idle::ClientIo::new(io, info.clone(), server.deadlines);
     let svc = service(proxy, info);
-    let _ = builder(&settings)
+    let _ = server
+        .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
         .await;
 }

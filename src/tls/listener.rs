@@ -68,7 +68,7 @@ async fn accept(
     local: SocketAddr,
     proxy: &Arc<Proxy>,
     tls: &ServerTls,
-    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    builder: &proxy::ConnServer,
     watcher: hyper_util::server::graceful::Watcher,
     open: crate::proxy::conn_limits::ConnSlot,
 ) -> Result<(), Refused> {

@@ -437,3 +437,39 @@ async fn malformed_h2_requests_never_reach_the_upstream() {
     assert!(h2_get_works(r.http, "h.example.com").await);
     r.stop().await;
 }
+
+/// An idle HTTP/2 connection (no stream open) is closed at the keep-alive
+/// timeout, counted from its last response — not at the header timeout,
+/// although the client sent frames meanwhile.
+#[tokio::test]
+async fn idle_h2_connections_close_at_the_keep_alive_timeout() {
+    let (up, _requests) = counting_upstream(Duration::ZERO).await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "h.example.com", "", "s")
+    );
+    let r = TestRouter::start_with(&[("r.yaml", &text)], |c| {
+        c.timeouts.http_request = Duration::from_secs(1);
+        c.timeouts.http_keep_alive = Duration::from_secs(3);
+    })
+    .await;
+    let mut s = open(r.http).await;
+    let b = block(&get_fields("h.example.com", "/"));
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+        .await
+        .unwrap();
+    let seen = read_frames(&mut s, Duration::from_secs(5), |x| x.responses.contains(&1)).await;
+    assert!(seen.responses.contains(&1));
+    let idle_from = std::time::Instant::now();
+    // A PING while idle is not a request head.
+    s.write_all(&frame(PING, 0, 0, &[1; 8])).await.unwrap();
+    let seen = read_frames(&mut s, Duration::from_secs(6), |_| false).await;
+    let idle = idle_from.elapsed();
+    assert!(seen.closed, "{seen:?}");
+    assert!(
+        idle >= Duration::from_millis(2700) && idle < Duration::from_secs(5),
+        "closed after {idle:?} idle"
+    );
+    r.stop().await;
+}

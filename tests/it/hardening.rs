@@ -543,6 +543,147 @@ async fn slow_and_greedy_clients_are_bounded() {
     r.stop().await;
 }
 
+/// Read from `s` until a whole response with a `content-length` body has
+/// arrived (or the connection closes): the bytes read.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return String::from_utf8_lossy(&out).into_owned(),
+        }
+    }
+}
+
+/// When the server closed `s` (EOF or reset), waiting up to `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<std::time::Instant> {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(std::time::Instant::now()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// HAProxy's three client deadlines: `http-request` from a request's first
+/// byte (and from the connection's start), `http-keep-alive` between
+/// requests (longer: idle keep-alive connections are not cut at the header
+/// timeout), `client` for silences mid-body (408).
+#[tokio::test]
+async fn header_keep_alive_and_body_deadlines_are_separate() {
+    let up = Upstream::start("app").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "t.example.com", "", "s")
+    );
+    let r = TestRouter::start_with(&[("r.yaml", &text)], |c| {
+        c.timeouts.http_request = Duration::from_secs(1);
+        c.timeouts.http_keep_alive = Duration::from_secs(3);
+        c.timeouts.client = Duration::from_secs(1);
+    })
+    .await;
+    let get = b"GET / HTTP/1.1\r\nHost: t.example.com\r\n\r\n";
+    // Idle between requests longer than the header timeout: still open.
+    let mut s = TcpStream::connect(r.http).await.unwrap();
+    s.write_all(get).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    s.write_all(get).await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "closed while idle below the keep-alive timeout: {resp:?}"
+    );
+    // Then idle past the keep-alive timeout: closed at ~3 s.
+    let idle_from = std::time::Instant::now();
+    let closed = closed_within(&mut s, Duration::from_secs(6))
+        .await
+        .expect("idle connection closed");
+    let idle = closed - idle_from;
+    assert!(
+        idle >= Duration::from_millis(2700) && idle < Duration::from_secs(5),
+        "closed after {idle:?} idle"
+    );
+    // A head started after an idle spell gets the header timeout from its
+    // first byte, not what is left of the keep-alive one.
+    let mut s = TcpStream::connect(r.http).await.unwrap();
+    s.write_all(get).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t.exa").await.unwrap();
+    let first_byte = std::time::Instant::now();
+    let closed = closed_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("slow head cut");
+    let took = closed - first_byte;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2000),
+        "partial head cut after {took:?}"
+    );
+    // A connection that never sends anything: the header timeout.
+    let mut s = TcpStream::connect(r.http).await.unwrap();
+    let start = std::time::Instant::now();
+    let closed = closed_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("silent connection cut");
+    assert!(
+        closed - start < Duration::from_millis(2000),
+        "{:?}",
+        closed - start
+    );
+    // A body that stalls: 408 at the client timeout, and the connection
+    // closes.
+    let mut s = TcpStream::connect(r.http).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nHost: t.example.com\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp:?}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(closed_within(&mut s, Duration::from_secs(2))
+        .await
+        .is_some());
+    // A body that keeps coming, a little at a time, each gap under the
+    // client timeout, is not cut.
+    let mut s = TcpStream::connect(r.http).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nHost: t.example.com\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    for b in [b"a", b"b", b"c", b"d"] {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        s.write_all(b).await.unwrap();
+    }
+    let resp = read_response(&mut s).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("4"),
+        "{resp:?}"
+    );
+    r.stop().await;
+}
+
 /// A manifests file turned to garbage keeps its last good routes (someone
 /// is mid-edit, a volume hiccup); a burst of 10k route changes is
 /// absorbed while the existing route keeps answering.

@@ -1,0 +1,227 @@
+//! Client connection deadlines, HAProxy's `timeout http-request` and
+//! `timeout http-keep-alive`: a request's head must arrive within the
+//! header timeout of its first byte (of the connection's start, for the
+//! first request), and a connection with no request in progress is closed
+//! after the keep-alive timeout. hyper's own header timer runs from the
+//! moment it waits for a head, idle or not, so it would close idle
+//! keep-alive connections at the (short) header timeout; it is off, and
+//! this wrapper around the client stream keeps both deadlines with one
+//! timer.
+//!
+//! The service marks requests in progress on [`super::ConnInfo`] (from the
+//! service call until the response body is done or dropped); while any is,
+//! no deadline runs (the route timeouts apply). Bytes read while an
+//! HTTP/1 request was in progress (a pipelined head, or the body) start the
+//! next idle period with the header deadline, the conservative choice. On
+//! HTTP/2 only the keep-alive deadline runs between requests (frames such
+//! as PING are not a head); HTTP/2 request headers are bounded by h2's
+//! own limits.
+
+use super::ConnInfo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The two client deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From a request's first byte (or the connection's start) to its
+    /// complete head.
+    pub header: Duration,
+    /// With no request in progress and no byte of the next one.
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Waiting for a head: the header deadline runs.
+    Head,
+    /// Between requests: the keep-alive deadline runs.
+    Idle,
+    /// A request is in progress: no deadline.
+    Busy,
+}
+
+/// The client stream with its deadlines.
+///
+/// One timer, reset once per request: entering `Idle` arms it at the
+/// header timeout (the earliest a following `Head` can need), and the
+/// logical deadline (`deadline`) is checked when it fires; an idle
+/// connection re-arms it once for the rest of the keep-alive time.
+pub struct ClientIo<I> {
+    io: I,
+    info: Arc<ConnInfo>,
+    deadlines: Deadlines,
+    mode: Mode,
+    deadline: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// Requests started on the connection when last looked.
+    seen: u32,
+    /// The connection speaks HTTP/2 (its first bytes are the preface):
+    /// frames between requests (PING, SETTINGS, WINDOW_UPDATE) are not a
+    /// request's head, so only the keep-alive deadline runs between them.
+    h2: Option<bool>,
+}
+
+impl<I> ClientIo<I> {
+    pub fn new(io: I, info: Arc<ConnInfo>, deadlines: Deadlines) -> Self {
+        let deadline = Instant::now() + deadlines.header;
+        ClientIo {
+            io,
+            info,
+            deadlines,
+            mode: Mode::Head,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            seen: 0,
+            h2: None,
+        }
+    }
+
+    fn enter(&mut self, mode: Mode) {
+        self.mode = mode;
+        let now = Instant::now();
+        match mode {
+            Mode::Head => {
+                self.deadline = now + self.deadlines.header;
+                if self.timer.deadline() > self.deadline {
+                    self.timer.as_mut().reset(self.deadline);
+                }
+            }
+            Mode::Idle => {
+                self.deadline = now + self.deadlines.keep_alive;
+                let first = now + self.deadlines.header.min(self.deadlines.keep_alive);
+                self.timer.as_mut().reset(first);
+            }
+            Mode::Busy => {}
+        }
+    }
+
+    /// Follow the connection's requests: busy while any is in progress;
+    /// when the last ends (seen here, or by a request count that moved
+    /// between two looks), idle — or waiting for a head if bytes came in
+    /// meanwhile. Called on every read and write: hyper writes the end of
+    /// a response after its body is dropped, so the idle deadline starts
+    /// even if hyper does not read again.
+    fn settle(&mut self, cx: &mut Context<'_>) {
+        let started = self.info.cancels.started.load(Relaxed);
+        if self.info.busy.load(Acquire) > 0 {
+            self.mode = Mode::Busy;
+            self.seen = started;
+            return;
+        }
+        if self.mode == Mode::Busy || started != self.seen {
+            self.seen = started;
+            let read = self.info.read_while_busy.swap(false, Relaxed);
+            let next = if read && self.h2 != Some(true) {
+                Mode::Head
+            } else {
+                Mode::Idle
+            };
+            self.enter(next);
+            // Register the timer with this task.
+            let _ = self.timer.as_mut().poll(cx);
+        }
+    }
+
+    /// Whether the deadline has passed (re-arming the timer when it fired
+    /// early for the logical deadline).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            let d = self.deadline;
+            self.timer.as_mut().reset(d);
+        }
+        false
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.settle(cx);
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    if this.h2.is_none() {
+                        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+                        let got = &buf.filled()[before..];
+                        let n = got.len().min(PREFACE.len());
+                        this.h2 = Some(got[..n] == PREFACE[..n]);
+                    }
+                    match this.mode {
+                        Mode::Idle if this.h2 == Some(true) => {}
+                        Mode::Idle => this.enter(Mode::Head),
+                        Mode::Busy => this.info.read_while_busy.store(true, Relaxed),
+                        Mode::Head => {}
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if this.mode != Mode::Busy && this.expired(cx) {
+                    let what = if this.mode == Mode::Head {
+                        "request head not received within the header timeout"
+                    } else {
+                        "idle keep-alive connection timed out"
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
+                Poll::Pending
+            }
+            r => r,
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.settle(cx);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.settle(cx);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.settle(cx);
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
