@@ -194,6 +194,7 @@ async fn start_inner(
         proxy_protocol,
         proxy_to_passthrough: cfg.proxy_protocol_to_passthrough,
         client_timeout: cfg.timeouts.client,
+        proxy_to_upstreams: cfg.proxy_protocol_to_upstreams,
         conn_limits: crate::proxy::conn_limits::ConnLimits::new(
             cfg.max_connections,
             cfg.max_connections_per_source,

@@ -62,6 +62,11 @@ pub struct RouterConfig {
     /// themselves and would otherwise see only the router's address. The
     /// backends must expect it.
     pub proxy_protocol_to_passthrough: bool,
+    /// Send a PROXY v2 header (client and listener address) at the start
+    /// of every upstream connection of HTTP routes (HAProxy
+    /// `send-proxy-v2`). Such a connection carries one client connection's
+    /// requests only, so pooling shrinks to per client connection.
+    pub proxy_protocol_to_upstreams: bool,
     /// SO_REUSEPORT on the public listeners: a new process binds the same
     /// ports while the old one drains (rolling restarts; see
     /// net.ipv4.tcp_migrate_req). Off: a second process on the port is an
@@ -149,6 +154,7 @@ impl Default for RouterConfig {
             accept_proxy: false,
             reuse_port: true,
             proxy_protocol_to_passthrough: false,
+            proxy_protocol_to_upstreams: false,
             max_connections: 50_000,
             max_connections_per_source: 0,
             max_header_bytes: 32 * 1024,

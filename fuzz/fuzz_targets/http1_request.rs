@@ -79,6 +79,7 @@ fn proxy() -> Arc<Proxy> {
                 conn_limits: Default::default(),
                 proxy_to_passthrough: false,
                 client_timeout: Duration::from_secs(1),
+                proxy_to_upstreams: false,
             })
         })
     })

@@ -18,6 +18,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -112,12 +113,27 @@ struct IdleConn {
     since: Instant,
 }
 
+/// How a request reaches its endpoint, beyond the address.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Via<'a> {
+    /// Re-encrypt: TLS under this verifier.
+    pub tls: Option<&'a Arc<UpstreamTls>>,
+    /// Keep a TLS endpoint from choosing h2 (upgrades need HTTP/1.1).
+    pub h1_only: bool,
+    /// Begin new connections with a PROXY v2 header naming this client and
+    /// listener address (`proxy_protocol_to_upstreams`).
+    pub proxy_header: Option<(SocketAddr, SocketAddr)>,
+}
+
 /// Pooled connections are shared only between requests to the same
 /// endpoint over the same transport (plain, or TLS under one verifier).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     endpoint: Endpoint,
     tls: u64,
+    /// Connections that began with a PROXY header belong to that client
+    /// connection (client, listener) and are reused only for it.
+    source: Option<Box<(SocketAddr, SocketAddr)>>,
 }
 
 pub(crate) struct Inner {
@@ -199,10 +215,11 @@ impl Upstreams {
         Upstreams { inner }
     }
 
-    fn key(endpoint: &Endpoint, tls: Option<&Arc<UpstreamTls>>) -> PoolKey {
+    fn key(endpoint: &Endpoint, via: &Via<'_>) -> PoolKey {
         PoolKey {
             endpoint: endpoint.clone(),
-            tls: tls.map_or(0, |t| t.id),
+            tls: via.tls.map_or(0, |t| t.id),
+            source: via.proxy_header.map(Box::new),
         }
     }
 
@@ -219,21 +236,32 @@ impl Upstreams {
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
-        tls: Option<&Arc<UpstreamTls>>,
-        h1_only: bool,
+        via: &Via<'_>,
     ) -> Result<Conn, ConnectError> {
-        Box::pin(self.connect_new(endpoint, protocol, tls, h1_only)).await
+        Box::pin(self.connect_new(endpoint, protocol, via)).await
     }
 
     async fn connect_new(
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
-        tls: Option<&Arc<UpstreamTls>>,
-        h1_only: bool,
+        via: &Via<'_>,
     ) -> Result<Conn, ConnectError> {
-        let key = Self::key(endpoint, tls);
-        let stream = self.connect_tcp(endpoint).await?;
+        let (tls, h1_only) = (via.tls, via.h1_only);
+        let key = Self::key(endpoint, via);
+        let mut stream = self.connect_tcp(endpoint).await?;
+        if let Some((client, local)) = via.proxy_header {
+            use tokio::io::AsyncWriteExt as _;
+            let header = crate::proxy::proxy_protocol::encode_v2(client, local);
+            stream
+                .write_all(&header)
+                .await
+                .map_err(|source| ConnectError {
+                    endpoint: endpoint.to_string(),
+                    source,
+                    tls: false,
+                })?;
+        }
         match tls {
             Some(t) => self.handshake_tls(key, stream, t, h1_only).await,
             None => Ok(match protocol {
@@ -255,10 +283,10 @@ impl Upstreams {
         &self,
         endpoint: &Endpoint,
         protocol: UpstreamProtocol,
-        tls: Option<&Arc<UpstreamTls>>,
-        h1_only: bool,
+        via: &Via<'_>,
     ) -> Result<Conn, ConnectError> {
-        let key = Self::key(endpoint, tls);
+        let (tls, h1_only) = (via.tls, via.h1_only);
+        let key = Self::key(endpoint, via);
         if (protocol == UpstreamProtocol::H2c || tls.is_some()) && !h1_only {
             let existing = lock(&self.inner.h2)
                 .get(&key)
@@ -287,7 +315,7 @@ impl Upstreams {
                 }
             }
         }
-        self.connect(endpoint, protocol, tls, h1_only).await
+        self.connect(endpoint, protocol, via).await
     }
 
     /// Send on `conn`. A stale pooled HTTP/1.1 connection that closed before
@@ -298,7 +326,7 @@ impl Upstreams {
         endpoint: &Endpoint,
         conn: Conn,
         req: Request<RequestBody>,
-        tls: Option<&Arc<UpstreamTls>>,
+        via: &Via<'_>,
     ) -> Result<Response<UpstreamBody>, ExchangeError> {
         let key = conn.key;
         match conn.kind {
@@ -316,7 +344,14 @@ impl Upstreams {
                         (true, Some(req)) => {
                             debug!(%endpoint, "pooled connection closed under us; reconnecting");
                             let fresh = self
-                                .connect(endpoint, UpstreamProtocol::Http1, tls, true)
+                                .connect(
+                                    endpoint,
+                                    UpstreamProtocol::Http1,
+                                    &Via {
+                                        h1_only: true,
+                                        ..*via
+                                    },
+                                )
                                 .await
                                 .map_err(|c| {
                                     ExchangeError::new(
@@ -325,7 +360,7 @@ impl Upstreams {
                                         false,
                                     )
                                 })?;
-                            return Box::pin(self.send(endpoint, fresh, req, tls)).await;
+                            return Box::pin(self.send(endpoint, fresh, req, via)).await;
                         }
                         (reused, unsent) => {
                             let mut err = ExchangeError::new(endpoint, e.into_error(), reused);
@@ -501,7 +536,14 @@ impl Inner {
             Some(l) => l,
             None => idle.entry(key.clone()).or_default(),
         };
-        if list.len() < self.cfg.max_idle_per_endpoint {
+        // A connection that began with a client's PROXY header serves that
+        // client connection only: one idle is enough.
+        let max = if key.source.is_some() {
+            1
+        } else {
+            self.cfg.max_idle_per_endpoint
+        };
+        if list.len() < max {
             list.push(IdleConn {
                 sender,
                 since: Instant::now(),

@@ -310,6 +310,11 @@ async fn forward(
         .map(|g| g.endpoints.len())
         .sum();
     let connect_started = std::time::Instant::now();
+    let via = crate::pool::Via {
+        tls: route.upstream_tls.as_ref(),
+        h1_only: upgrade,
+        proxy_header: proxy.proxy_to_upstreams.then_some((conn.peer, conn.local)),
+    };
     let (endpoint, protocol, upstream, chosen, pending) = loop {
         let cap = route.settings.pod_max_conn;
         let mut next = match sticky {
@@ -361,11 +366,7 @@ async fn forward(
         } else {
             group.protocol
         };
-        match proxy
-            .upstreams
-            .checkout(endpoint, protocol, route.upstream_tls.as_ref(), upgrade)
-            .await
-        {
+        match proxy.upstreams.checkout(endpoint, protocol, &via).await {
             Ok(upstream) => {
                 if !upstream.is_reused() {
                     route.stats.connect.observe(connect_started.elapsed());
@@ -445,9 +446,11 @@ async fn forward(
         let member = chosen.member(&route.backends);
         let guard = pending.take().unwrap_or_else(|| member.live.begin());
         let tls = route.upstream_tls.as_ref();
-        let result =
-            tokio::time::timeout_at(deadline, proxy.upstreams.send(&endpoint, upstream, up, tls))
-                .await;
+        let result = tokio::time::timeout_at(
+            deadline,
+            proxy.upstreams.send(&endpoint, upstream, up, &via),
+        )
+        .await;
         let mut e = match result {
             Ok(Err(e)) => e,
             other => break (other, chosen, endpoint, guard),
@@ -468,11 +471,7 @@ async fn forward(
                 } else {
                     group.protocol
                 };
-                if let Ok(c) = proxy
-                    .upstreams
-                    .checkout(next_ep, protocol, tls, upgrade)
-                    .await
-                {
+                if let Ok(c) = proxy.upstreams.checkout(next_ep, protocol, &via).await {
                     debug!(%endpoint, next = %next_ep, "new upstream connection closed before the request was written; sending it elsewhere");
                     let pq = unsent.uri().path_and_query().cloned();
                     set_target(&mut unsent, c.protocol(), host, pq, tls.is_some());
@@ -498,11 +497,7 @@ async fn forward(
             // Same endpoint, fresh connection: the endpoint did nothing wrong.
             debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
             let protocol = chosen.resolve(&route.backends).0.protocol;
-            match proxy
-                .upstreams
-                .connect(&endpoint, protocol, tls, upgrade)
-                .await
-            {
+            match proxy.upstreams.connect(&endpoint, protocol, &via).await {
                 Ok(fresh) => {
                     upstream = fresh;
                     up = again();
@@ -535,8 +530,7 @@ async fn forward(
                 } else {
                     group.protocol
                 },
-                tls,
-                upgrade,
+                &via,
             )
             .await
         {

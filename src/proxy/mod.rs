@@ -49,6 +49,10 @@ pub struct Proxy {
     pub conn_limits: conn_limits::ConnLimits,
     /// Send a PROXY v2 header to passthrough backends.
     pub proxy_to_passthrough: bool,
+    /// Begin upstream connections with a PROXY v2 header (client and
+    /// listener address); such connections serve only their client
+    /// connection.
+    pub proxy_to_upstreams: bool,
     /// Longest client silence mid-body (0: none); then 408.
     pub client_timeout: Duration,
 }

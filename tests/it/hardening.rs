@@ -837,3 +837,94 @@ async fn passthrough_backends_get_the_client_address_in_proxy_v2() {
     assert_eq!(next, Some(0x16), "the ClientHello follows the header");
     r.stop().await;
 }
+
+/// `proxy_protocol_to_upstreams`: every upstream connection begins with a
+/// PROXY v2 header naming the real client (here from a balancer's v1
+/// header), and a connection so marked carries that client connection's
+/// requests only.
+#[tokio::test]
+async fn http_upstreams_get_the_client_address_in_proxy_v2() {
+    use gatehouse::proxy::proxy_protocol::{parse, Header};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let client = loop {
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                    match parse(&buf) {
+                        Ok(Some((Header::Proxied { source, .. }, used))) => {
+                            buf.drain(..used);
+                            break source.to_string();
+                        }
+                        Ok(None) => continue,
+                        _ => return,
+                    }
+                };
+                // Then plain HTTP/1.1; each answer names the PROXY client.
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{client}",
+                            client.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "pp.example.com", "", "s")
+    );
+    let r = TestRouter::start_with(&[("r.yaml", &text)], |c| {
+        c.accept_proxy = true;
+        c.proxy_trusted_sources = vec!["127.0.0.2/32".into()];
+        c.proxy_protocol_to_upstreams = true;
+    })
+    .await;
+    let get = b"GET / HTTP/1.1\r\nHost: pp.example.com\r\n\r\n";
+    // Two requests on one client connection behind the balancer.
+    let mut a = connect_from("127.0.0.2", r.http).await;
+    a.write_all(b"PROXY TCP4 203.0.113.5 10.0.0.1 41000 80\r\n")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        a.write_all(get).await.unwrap();
+        let resp = read_response(&mut a).await;
+        assert!(resp.ends_with("\r\n\r\n203.0.113.5:41000"), "{resp:?}");
+    }
+    // Another client: its own upstream connection, its own address.
+    let mut b = connect_from("127.0.0.2", r.http).await;
+    b.write_all(b"PROXY TCP4 198.51.100.9 10.0.0.1 52000 80\r\n")
+        .await
+        .unwrap();
+    b.write_all(get).await.unwrap();
+    let resp = read_response(&mut b).await;
+    assert!(resp.ends_with("\r\n\r\n198.51.100.9:52000"), "{resp:?}");
+    // A direct client (not behind the balancer): its own address.
+    let mut c = connect_from("127.0.0.1", r.http).await;
+    c.write_all(get).await.unwrap();
+    let resp = read_response(&mut c).await;
+    assert!(resp.contains("\r\n\r\n127.0.0.1:"), "{resp:?}");
+    // One upstream connection per client connection: 3, not 1 or 4.
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
+    r.stop().await;
+}
