@@ -23,7 +23,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use gatehouse::compile::{compile, update_endpoints, CompileConfig};
+use gatehouse::compile::{compile, compile_reusing, update_endpoints, CompileConfig};
 use gatehouse::model::store::Change;
 use gatehouse::model::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, IntOrString, ObjectMeta, Objects,
@@ -126,8 +126,8 @@ fn objects(n: usize) -> Objects {
     o
 }
 
-fn compiled(objs: &Objects) -> RoutingTable {
-    let c = compile(objs, &CompileConfig::default(), 1);
+fn compiled(objs: &Objects, cfg: &CompileConfig) -> RoutingTable {
+    let c = compile(objs, cfg, 1);
     assert_eq!(
         c.table.routes().count(),
         objs.routes.len(),
@@ -162,7 +162,7 @@ fn bench_lookup(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
     for (label, n) in [("1k", 1_000), ("10k", 10_000), ("100k", 100_000)] {
-        let table = compiled(&objects(n));
+        let table = compiled(&objects(n), &CompileConfig::default());
         let reqs = requests(n);
         let hits = reqs
             .iter()
@@ -190,8 +190,11 @@ fn bench_lookup(c: &mut Criterion) {
 fn bench_compile(c: &mut Criterion) {
     const N: usize = 10_000;
     let objs = objects(N);
+    // The same configuration (and so the same endpoint registry) as the
+    // live table, as in the router: the previous table is alive while the
+    // next compiles, and endpoints' state is shared, not rebuilt.
     let cfg = CompileConfig::default();
-    let table = compiled(&objs);
+    let table = compiled(&objs, &cfg);
 
     // The Endpoints of one service (svc4242, ns42) move to new addresses.
     let changed = 4242;
@@ -213,6 +216,16 @@ fn bench_compile(c: &mut Criterion) {
     assert_eq!(after.groups[0].endpoints.len(), 2);
     drop(updated);
 
+    // One Route changes its path (the load bench's swap scenario): a
+    // routes-only change.
+    let mut moved = objs.clone();
+    let r = format!("r{changed}");
+    moved.routes.insert(
+        (ns.clone(), r.clone()),
+        Arc::new(route(&ns, r, changed, Some("/moved"))),
+    );
+    assert_eq!(moved.change_from(&objs), Change::RoutesOnly);
+
     let mut g = c.benchmark_group("compile");
     g.sample_size(20)
         .measurement_time(Duration::from_secs(3))
@@ -223,6 +236,9 @@ fn bench_compile(c: &mut Criterion) {
             gen += 1;
             compile(black_box(&objs), &cfg, gen)
         })
+    });
+    g.bench_function("routes_only/10k", |b| {
+        b.iter(|| compile_reusing(black_box(&moved), &cfg, 2, Some(&table)))
     });
     g.bench_function("endpoints_only/10k", |b| {
         b.iter(|| {

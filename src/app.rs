@@ -300,15 +300,18 @@ async fn compile_loop(
         let started = Instant::now();
         let table = store.load_full();
         let (cfg2, cur2) = (cfg.clone(), current.clone());
-        let kind = if matches!(change, Change::Full) {
-            "full"
-        } else {
+        // Metrics count a routes-only compile as full (it rebuilds every
+        // host map); it differs in reusing unchanged routes' entries.
+        let kind = if matches!(change, Change::EndpointsOnly(_)) {
             "endpoints"
+        } else {
+            "full"
         };
         let compiled = tokio::task::spawn_blocking(move || match change {
             Change::EndpointsOnly(services) => {
                 compile::update_endpoints(&table, &cur2, &services, generation, &cfg2)
             }
+            Change::RoutesOnly => compile::compile_reusing(&cur2, &cfg2, generation, Some(&table)),
             _ => compile::compile(&cur2, &cfg2, generation),
         })
         .await;

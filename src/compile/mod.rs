@@ -145,6 +145,39 @@ pub fn in_shard(objs: &Objects, shard: &Shard, meta: &crate::model::ObjectMeta) 
 
 /// Build the whole table.
 pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled {
+    compile_reusing(objs, cfg, generation, None)
+}
+
+/// Build the whole table; with `prev`, reuse its entry of every route that
+/// is unchanged and admitted the same way. Only valid when nothing but
+/// Routes and Ingresses changed since `prev` was compiled
+/// ([`crate::model::store::Change::RoutesOnly`]): an entry's backends are a
+/// function of its route and of the services and endpoints it sends to.
+/// Admission, host maps and statuses are always rebuilt.
+pub fn compile_reusing(
+    objs: &Objects,
+    cfg: &CompileConfig,
+    generation: u64,
+    prev: Option<&RoutingTable>,
+) -> Compiled {
+    // (namespace, name) → (previous entry, was it a wildcard route).
+    let reuse: FxHashMap<(&str, &str), (&Arc<RouteEntry>, bool)> = prev
+        .map(|t| {
+            let exact = t
+                .exact
+                .values()
+                .flat_map(|h| h.routes.iter().map(|r| (r, false)));
+            let wild = t
+                .wildcard
+                .values()
+                .flat_map(|h| h.routes.iter().map(|r| (r, true)));
+            exact
+                .chain(wild)
+                .filter(|(r, _)| r.source.is_some())
+                .map(|(r, w)| ((&*r.namespace, &*r.name), (r, w)))
+                .collect()
+        })
+        .unwrap_or_default();
     let candidates = candidates(objs, cfg);
     let certs = tls::CertPass::new(&cfg.cert_cache);
     let Admission {
@@ -177,38 +210,39 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
     for a in &admitted {
         let r = &a.route;
         let ns = r.metadata.ns();
-        let object = format!("Route {ns}/{}", r.metadata.name);
-        let settings = Arc::new(settings(a, cfg, &object, &mut diagnostics));
-        let targets: Arc<[Target]> = std::iter::once(&r.spec.to)
-            .chain(&r.spec.alternate_backends)
-            .map(|t| Target {
-                service: (ns.to_owned(), t.name.clone()),
-                weight: t.weight.unwrap_or(1).clamp(0, 256) as u32,
-                port: r.spec.port.as_ref().map(|p| p.target_port.clone()),
+        let previous = reuse
+            .get(&(ns, r.metadata.name.as_str()))
+            .filter(|(e, wild)| {
+                *wild == a.wildcard_domain.is_some()
+                    && e.source
+                        .as_ref()
+                        .is_some_and(|src| Arc::ptr_eq(src, r) || **src == **r)
+                    && *e.host == *a.host
+                    && *e.path == *a.path
+                    && e.path_exact == a.path_exact
+                    && e.termination == a.termination
+                    && e.insecure == a.insecure
             })
-            .collect();
-        let (backends, missing) = backend_set(
-            objs,
-            &slices,
-            &targets,
-            &object,
-            settings.algorithm,
-            cfg,
-            &mut diagnostics,
-        );
-        if !missing.is_empty() {
-            let status = &mut statuses[a.status_index];
-            let msg = format!("service {} not found", missing.join(", "));
-            if missing.len() == targets.len() {
-                status.admitted = false;
-                status.reason = Some(Reason::ServiceNotFound);
-            }
-            status.message = Some(msg.clone());
-            diagnostics.push(Diagnostic {
-                object: object.clone(),
-                message: msg,
-            });
-        }
+            .map(|(e, _)| *e);
+        let diagnostics_before = diagnostics.len();
+        let object = format!("Route {ns}/{}", r.metadata.name);
+        let built = match previous {
+            Some(_) => None,
+            None => Some(route_parts(
+                a,
+                objs,
+                &slices,
+                cfg,
+                &object,
+                &mut statuses,
+                &mut diagnostics,
+            )),
+        };
+        let targets = match (previous, &built) {
+            (Some(e), _) => e.targets.clone(),
+            (_, Some(b)) => b.targets.clone(),
+            (None, None) => unreachable!("built when not reused"),
+        };
         let (key, href) = match &a.wildcard_domain {
             Some(d) => {
                 let k = intern(d);
@@ -241,8 +275,9 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
                 None => cert_map.insert(intern(&a.host), ck),
             };
         }
-        let up_tls = match (a.termination, &r.spec.tls) {
-            (Some(Termination::Reencrypt), Some(t)) => {
+        let up_tls = match (previous, a.termination, &r.spec.tls) {
+            (Some(e), ..) => e.upstream_tls.clone(),
+            (None, Some(Termination::Reencrypt), Some(t)) => {
                 let (u, warning) = upstream_tls.for_route(t, ns, &r.spec.to.name);
                 if let Some(message) = warning {
                     diagnostics.push(Diagnostic {
@@ -254,20 +289,28 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
             }
             _ => None,
         };
-        let entry = Arc::new(RouteEntry {
-            stats: cfg.stats.get(ns, &r.metadata.name),
-            upstream_tls: up_tls,
-            namespace: Arc::from(ns),
-            name: Arc::from(r.metadata.name.as_str()),
-            host: intern(&a.host),
-            path: a.path.clone().into_boxed_str(),
-            path_exact: a.path_exact,
-            termination: a.termination,
-            insecure: a.insecure,
-            settings,
-            targets,
-            backends: Arc::new(backends),
-        });
+        let entry = match (previous, built) {
+            (Some(e), _) => e.clone(),
+            (None, Some(b)) => {
+                let clean = diagnostics.len() == diagnostics_before;
+                Arc::new(RouteEntry {
+                    stats: cfg.stats.get(ns, &r.metadata.name),
+                    upstream_tls: up_tls,
+                    namespace: Arc::from(ns),
+                    name: Arc::from(r.metadata.name.as_str()),
+                    host: intern(&a.host),
+                    path: a.path.clone().into_boxed_str(),
+                    path_exact: a.path_exact,
+                    termination: a.termination,
+                    insecure: a.insecure,
+                    settings: b.settings,
+                    targets,
+                    backends: Arc::new(b.backends),
+                    source: clean.then(|| r.clone()),
+                })
+            }
+            (None, None) => unreachable!("built when not reused"),
+        };
         match href {
             HostRef::Exact(_) => exact.entry(key).or_default().push(entry),
             HostRef::Wildcard(_) => wildcard.entry(key).or_default().push(entry),
@@ -296,6 +339,63 @@ pub fn compile(objs: &Objects, cfg: &CompileConfig, generation: u64) -> Compiled
         ),
     };
     Compiled { table, diagnostics }
+}
+
+/// What a route's entry is built from: its settings, targets and backends
+/// (missing services noted on its status).
+struct RouteParts {
+    settings: Arc<RouteSettings>,
+    targets: Arc<[Target]>,
+    backends: BackendSet,
+}
+
+fn route_parts(
+    a: &crate::model::admission::Admitted,
+    objs: &Objects,
+    slices: &SliceIndex<'_>,
+    cfg: &CompileConfig,
+    object: &str,
+    statuses: &mut [crate::model::admission::RouteStatus],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> RouteParts {
+    let r = &a.route;
+    let ns = r.metadata.ns();
+    let settings = Arc::new(settings(a, cfg, object, diagnostics));
+    let targets: Arc<[Target]> = std::iter::once(&r.spec.to)
+        .chain(&r.spec.alternate_backends)
+        .map(|t| Target {
+            service: (ns.to_owned(), t.name.clone()),
+            weight: t.weight.unwrap_or(1).clamp(0, 256) as u32,
+            port: r.spec.port.as_ref().map(|p| p.target_port.clone()),
+        })
+        .collect();
+    let (backends, missing) = backend_set(
+        objs,
+        slices,
+        &targets,
+        object,
+        settings.algorithm,
+        cfg,
+        diagnostics,
+    );
+    if !missing.is_empty() {
+        let status = &mut statuses[a.status_index];
+        let msg = format!("service {} not found", missing.join(", "));
+        if missing.len() == targets.len() {
+            status.admitted = false;
+            status.reason = Some(Reason::ServiceNotFound);
+        }
+        status.message = Some(msg.clone());
+        diagnostics.push(Diagnostic {
+            object: object.to_owned(),
+            message: msg,
+        });
+    }
+    RouteParts {
+        settings,
+        targets,
+        backends,
+    }
 }
 
 /// Rebuild only the hosts that send to `services`, re-resolving their

@@ -300,3 +300,67 @@ fn node_local_endpoints_are_dropped_when_the_source_is_untrusted() {
         6
     );
 }
+
+#[test]
+fn route_only_changes_reuse_unchanged_entries_and_match_a_full_compile() {
+    let base = format!(
+        "{SVC}{}{}{}{}",
+        route("keep", "k.example.com", "", "  port: {targetPort: http}"),
+        route("move", "m.example.com", "/a", "  port: {targetPort: http}"),
+        route("gone", "g.example.com", "", ""),
+        // Sends to a service that does not exist: never reused, its status
+        // still says so after a routes-only compile.
+        "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {name: nosvc}\nspec: {host: n.example.com, to: {name: missing}}\n",
+    );
+    let a = objs(&base);
+    let changed = base
+        .replace("path: \"/a\"", "path: \"/b\"")
+        .replace("name: gone", "name: gone2");
+    let b = objs(&format!(
+        "{changed}{}",
+        route("new", "new.example.com", "", "")
+    ));
+    assert_eq!(b.change_from(&a), crate::model::store::Change::RoutesOnly);
+    let cfg = CompileConfig::default();
+    let t1 = compile(&a, &cfg, 1).table;
+    let t2 = compile_reusing(&b, &cfg, 2, Some(&t1));
+    let full = compile(&b, &cfg, 2);
+    t2.table.check_invariants();
+    // The unchanged route's entry is the very same allocation.
+    let keep1 = t1.lookup("k.example.com", "/").unwrap();
+    let keep2 = t2.table.lookup("k.example.com", "/").unwrap();
+    assert!(Arc::ptr_eq(keep1, keep2));
+    // Changed, renamed and new routes are rebuilt, as a full compile has
+    // them.
+    assert!(t2.table.lookup("m.example.com", "/a").is_none());
+    assert_eq!(
+        eps(&t2.table, "m.example.com", "/b"),
+        eps(&full.table, "m.example.com", "/b")
+    );
+    assert_eq!(
+        &*t2.table.lookup("g.example.com", "/").unwrap().name,
+        "gone2"
+    );
+    assert!(t2.table.lookup("new.example.com", "/").is_some());
+    // Statuses and diagnostics as from scratch.
+    assert_eq!(t2.table.statuses, full.table.statuses);
+    assert_eq!(t2.diagnostics, full.diagnostics);
+    let nosvc = t2.table.lookup("n.example.com", "/").unwrap();
+    assert!(
+        nosvc.source.is_none(),
+        "a route with problems is never reused"
+    );
+    // Every host and route is in both.
+    let names = |t: &RoutingTable| {
+        let mut v: Vec<String> = t
+            .routes()
+            .map(|r| format!("{}/{}", r.host, r.name))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&t2.table), names(&full.table));
+    // A service change is not routes-only: nothing may be reused then.
+    let c = objs(&changed.replace("targetPort: 8080", "targetPort: 8081"));
+    assert_eq!(c.change_from(&b), crate::model::store::Change::Full);
+}

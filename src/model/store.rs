@@ -37,6 +37,10 @@ pub enum Change {
     None,
     /// Only Endpoints/EndpointSlices changed, for these services.
     EndpointsOnly(BTreeSet<Key>),
+    /// Only Routes and Ingresses changed: a full compile that may reuse
+    /// the previous table's entries of unchanged routes (every service,
+    /// endpoint, secret and namespace is as it was).
+    RoutesOnly,
     /// Anything else: routes, services, ingresses, namespaces, secrets.
     Full,
 }
@@ -151,14 +155,20 @@ impl Objects {
     /// What changed from `old` to `self`. Cheap when objects are shared:
     /// `Arc<T: Eq>` compares by pointer first.
     pub fn change_from(&self, old: &Objects) -> Change {
-        if self.routes != old.routes
-            || self.services != old.services
-            || self.ingresses != old.ingresses
+        if self.services != old.services
             || self.ingress_classes != old.ingress_classes
             || self.namespaces != old.namespaces
             || self.secrets != old.secrets
         {
             return Change::Full;
+        }
+        if self.routes != old.routes || self.ingresses != old.ingresses {
+            return if self.endpoints == old.endpoints && self.endpoint_slices == old.endpoint_slices
+            {
+                Change::RoutesOnly
+            } else {
+                Change::Full
+            };
         }
         let mut services = BTreeSet::new();
         diff_keys(&self.endpoints, &old.endpoints, |k| {

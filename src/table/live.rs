@@ -205,23 +205,48 @@ impl Drop for ActiveGuard {
 /// Endpoint identity → its live state, shared by every table.
 #[derive(Debug, Default)]
 pub struct LiveRegistry {
-    map: Mutex<crate::pool::fxhash::FxHashMap<Endpoint, Weak<EndpointLive>>>,
+    map: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    map: crate::pool::fxhash::FxHashMap<Endpoint, Weak<EndpointLive>>,
+    /// The cookie key as last given, and its HMAC state (keyed once, not
+    /// per endpoint).
+    key: Option<(Box<[u8]>, aws_lc_rs::hmac::Key)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("endpoints", &self.map.len())
+            .finish()
+    }
 }
 
 impl LiveRegistry {
     /// The state for `ep`, created on first sight; `key` signs its cookie
     /// value (the router's cookie key, constant for the process).
     pub fn get(&self, ep: &Endpoint, key: &[u8]) -> Arc<EndpointLive> {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(live) = m.get(ep).and_then(Weak::upgrade) {
+        let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let r = &mut *guard;
+        if let Some(live) = r.map.get(ep).and_then(Weak::upgrade) {
             return live;
         }
-        let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-        let tag = aws_lc_rs::hmac::sign(&k, ep.to_string().as_bytes());
-        let cookie: String = tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        if r.key.as_ref().is_none_or(|(k, _)| **k != *key) {
+            let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+            r.key = Some((key.into(), k));
+        }
+        let Some((_, k)) = &r.key else {
+            unreachable!("set just above")
+        };
+        let tag = aws_lc_rs::hmac::sign(k, ep.to_string().as_bytes());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut cookie = String::with_capacity(16);
+        for b in &tag.as_ref()[..8] {
+            cookie.push(HEX[(b >> 4) as usize] as char);
+            cookie.push(HEX[(b & 15) as usize] as char);
+        }
         let mut idb = [0u8; 8];
         idb.copy_from_slice(&tag.as_ref()[8..16]);
         let live = Arc::new(EndpointLive {
@@ -229,14 +254,14 @@ impl LiveRegistry {
             id: u64::from_le_bytes(idb),
             ..EndpointLive::default()
         });
-        m.insert(ep.clone(), Arc::downgrade(&live));
+        r.map.insert(ep.clone(), Arc::downgrade(&live));
         live
     }
 
     /// Forget endpoints no table refers to any more.
     pub fn prune(&self) {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        m.retain(|_, w| w.strong_count() > 0);
+        m.map.retain(|_, w| w.strong_count() > 0);
     }
 }
 
@@ -275,6 +300,6 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         drop((a, b));
         r.prune();
-        assert!(r.map.lock().unwrap().is_empty());
+        assert!(r.map.lock().unwrap().map.is_empty());
     }
 }

@@ -109,6 +109,11 @@ pub struct RouteEntry {
     pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// Request counters, shared across tables.
     pub stats: Arc<RouteCounters>,
+    /// The route this entry was compiled from, when the entry is a pure
+    /// function of it (every target service found, nothing to warn
+    /// about): a later compile that finds the same route, and the same
+    /// services and endpoints, reuses the entry as is.
+    pub source: Option<Arc<crate::model::Route>>,
 }
 
 /// Per-route behaviour from annotations, with router defaults applied.
