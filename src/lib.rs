@@ -19,6 +19,7 @@ pub mod egress;
 pub mod io;
 pub mod model;
 pub mod pool;
+pub mod priority;
 pub mod proxy;
 pub mod source;
 pub mod table;

@@ -267,6 +267,7 @@ pub fn spawn_watch(mut manifests: ManifestsDir) -> watch::Receiver<Arc<Objects>>
     let spawned = std::thread::Builder::new()
         .name("manifests-watch".into())
         .spawn(move || {
+            crate::priority::control_plane_thread();
             let _watcher = watcher; // dropping it stops the events
             loop {
                 match ev_rx.recv_timeout(POLL) {
