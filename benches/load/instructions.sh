@@ -28,6 +28,7 @@
 # Usage
 #   bash benches/load/instructions.sh
 #   REQUESTS=50000 VARIANTS=gatehouse bash benches/load/instructions.sh
+#   PROTO=h2 VARIANTS="gatehouse haproxy" bash benches/load/instructions.sh
 #
 # Environment: REQUESTS [20000], CONNECTIONS [10], WARMUP [2000], FILLER
 # [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv),
@@ -43,6 +44,16 @@ CONNECTIONS=${CONNECTIONS:-10}
 WARMUP=${WARMUP:-2000}
 FILLER=${FILLER:-100}
 SKIP_BUILD=${SKIP_BUILD:-0}
+# PROTO=h2: HTTP/2 with prior knowledge, STREAMS concurrent streams per
+# connection (HAProxy's port then speaks h2 only); variants get a -h2 suffix
+# in the .tsv.
+PROTO=${PROTO:-h1}
+STREAMS=${STREAMS:-10}
+case $PROTO in
+h1) H2LOAD_PROTO="--h1" H2_BIND="" SUFFIX="" CURL_PROTO="" ;;
+h2) H2LOAD_PROTO="-m $STREAMS" H2_BIND=" proto h2" SUFFIX="-h2" CURL_PROTO="--http2-prior-knowledge" ;;
+*) echo "PROTO is h1 or h2" >&2; exit 2 ;;
+esac
 BASE_PORT=${BASE_PORT:-18380}
 RECORD=${RECORD:-1}
 KEEP=${KEEP:-0}
@@ -65,7 +76,16 @@ TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
     local rc=$?
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    # TERM first: nginx's master stops its workers on TERM; KILL would
+    # leave them listening (and serving the next run).
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 30); do
+            kill -0 "$p" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$p" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
     rm -rf "$TMP"
     exit "$rc"
@@ -78,9 +98,9 @@ if [ "$SKIP_BUILD" != 1 ]; then
 fi
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
 
-wait_http() { # url status seconds
+wait_http() { # url status seconds [curl protocol flag]
     for _ in $(seq $(($3 * 10))); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST" "$1" || true)" = "$2" ] && return 0
+        [ "$(curl -s ${4:-} -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST" "$1" || true)" = "$2" ] && return 0
         sleep 0.1
     done
     return 1
@@ -183,7 +203,7 @@ defaults
     timeout server 300s
     timeout http-keep-alive 300s
 frontend fe_http
-    bind 127.0.0.1:$PROXY_PORT
+    bind 127.0.0.1:$PROXY_PORT$H2_BIND
     use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
 backend be_hello
     http-reuse always
@@ -222,7 +242,7 @@ start_variant() {
     esac
     VPID=$!
     PIDS+=("$VPID")
-    wait_http "http://127.0.0.1:$PROXY_PORT/" 200 120 || die "$v did not serve: $(tail -n 20 "$TMP/$v.log")"
+    wait_http "http://127.0.0.1:$PROXY_PORT/" 200 120 "$CURL_PROTO" || die "$v did not serve: $(tail -n 20 "$TMP/$v.log")"
 }
 
 # Total instructions callgrind counted while collection was on.
@@ -244,7 +264,7 @@ counted() {
 }
 
 load() { # requests
-    h2load --h1 -n "$1" -c "$CONNECTIONS" -H ":authority: $HOST" "http://127.0.0.1:$PROXY_PORT/" >"$TMP/h2load.txt" 2>&1 ||
+    h2load $H2LOAD_PROTO -n "$1" -c "$CONNECTIONS" -H ":authority: $HOST" "http://127.0.0.1:$PROXY_PORT/" >"$TMP/h2load.txt" 2>&1 ||
         die "h2load failed: $(cat "$TMP/h2load.txt")"
     local ok
     ok=$(awk '/^status codes:/ { print $3 }' "$TMP/h2load.txt")
@@ -279,12 +299,12 @@ for v in $VARIANTS; do
 done
 
 echo
-echo "instructions per request (callgrind, user space; h2load --h1 -c $CONNECTIONS, $REQUESTS requests, $((FILLER + 1)) routes), commit $COMMIT"
+echo "instructions per request (callgrind, user space; h2load $H2LOAD_PROTO -c $CONNECTIONS, $REQUESTS requests, $((FILLER + 1)) routes), commit $COMMIT"
 for v in $VARIANTS scrape; do
     [ -n "${PER[$v]:-}" ] || continue
     printf '  %-16s %10s%s\n' "$v" "${PER[$v]}" "$([ "$v" = scrape ] && echo '  (one /metrics scrape)')"
     if [ "$RECORD" = 1 ]; then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Is)" "$COMMIT" "$v" "${PER[$v]}" "$REQUESTS" "$CONNECTIONS" >>"$ROOT/benches/load/instructions.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Is)" "$COMMIT" "$v$SUFFIX" "${PER[$v]}" "$REQUESTS" "$CONNECTIONS" >>"$ROOT/benches/load/instructions.tsv"
     fi
 done
 [ "$KEEP" != 1 ] || echo "  callgrind files: $KEPT"
