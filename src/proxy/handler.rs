@@ -562,6 +562,8 @@ async fn forward(
         Ok(Ok(mut resp)) => {
             if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client) = client_upgrade {
+                    conn.upgraded
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     let upstream = hyper::upgrade::on(&mut resp);
                     super::tunnel::spawn(
                         client,

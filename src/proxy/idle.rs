@@ -111,7 +111,7 @@ impl<I> ClientIo<I> {
     /// even if hyper does not read again.
     fn settle(&mut self, cx: &mut Context<'_>) {
         let started = self.info.cancels.started.load(Relaxed);
-        if self.info.busy.load(Acquire) > 0 {
+        if self.info.busy.load(Acquire) > 0 || self.info.upgraded.load(Relaxed) {
             self.mode = Mode::Busy;
             self.seen = started;
             return;

@@ -163,6 +163,9 @@ pub struct ConnInfo {
     pub busy: std::sync::atomic::AtomicU32,
     /// Bytes arrived while a request was in progress.
     pub read_while_busy: std::sync::atomic::AtomicBool,
+    /// The connection was upgraded (WebSocket): a tunnel now, bound by the
+    /// route's tunnel timeout, not by the client deadlines.
+    pub upgraded: std::sync::atomic::AtomicBool,
 }
 
 /// A client that cancels most of the requests it starts — HTTP/2 rapid
@@ -251,6 +254,7 @@ impl ConnInfo {
             cancels: Cancels::default(),
             busy: std::sync::atomic::AtomicU32::new(0),
             read_while_busy: std::sync::atomic::AtomicBool::new(false),
+            upgraded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

@@ -6,6 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -137,12 +138,30 @@ async fn websocket_echo_through_the_router() {
         service("default", "ws", &[port]),
         simple_route("default", "ws", "ws.example.com", "", "ws")
     );
-    let r = TestRouter::start(&[("ws.yaml", &text)]).await;
+    // Short client deadlines: an upgraded connection is a tunnel, bound by
+    // the tunnel timeout only, not by the header or keep-alive timeouts.
+    let r = TestRouter::start_with(&[("ws.yaml", &text)], |c| {
+        c.timeouts.http_request = Duration::from_millis(500);
+        c.timeouts.http_keep_alive = Duration::from_millis(800);
+    })
+    .await;
     let tcp = tokio::net::TcpStream::connect(r.http).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.example.com/chat", tcp)
         .await
         .expect("upgrade through the router");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("first")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "first"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..5 {
         ws.send(Message::text(format!("ping {i}"))).await.unwrap();
         let m = ws.next().await.unwrap().unwrap();
