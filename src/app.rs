@@ -203,6 +203,7 @@ async fn start_inner(
     let settings = ServerSettings {
         header_timeout: cfg.timeouts.http_request,
         keep_alive_timeout: cfg.timeouts.http_keep_alive,
+        send_timeout: cfg.timeouts.client,
         max_header_bytes: cfg.max_header_bytes.max(1024),
         drain: cfg.timeouts.drain,
     };

@@ -36,6 +36,10 @@ pub struct Deadlines {
     pub header: Duration,
     /// With no request in progress and no byte of the next one.
     pub keep_alive: Duration,
+    /// A response the client does not read: writes stalled this long
+    /// close the connection (HAProxy's `timeout client` on the send side;
+    /// slow-read attacks). Zero: no limit.
+    pub send: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,9 @@ pub struct ClientIo<I> {
     timer: Pin<Box<Sleep>>,
     /// Requests started on the connection when last looked.
     seen: u32,
+    /// While busy: writes have been stalled since this deadline minus the
+    /// send timeout (the timer is armed at it).
+    send_deadline: Option<Instant>,
     /// The connection speaks HTTP/2 (its first bytes are the preface):
     /// frames between requests (PING, SETTINGS, WINDOW_UPDATE) are not a
     /// request's head, so only the keep-alive deadline runs between them.
@@ -80,12 +87,14 @@ impl<I> ClientIo<I> {
             deadline,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             seen: 0,
+            send_deadline: None,
             h2: None,
         }
     }
 
     fn enter(&mut self, mode: Mode) {
         self.mode = mode;
+        self.send_deadline = None;
         let now = Instant::now();
         match mode {
             Mode::Head => {
@@ -127,6 +136,42 @@ impl<I> ClientIo<I> {
             self.enter(next);
             // Register the timer with this task.
             let _ = self.timer.as_mut().poll(cx);
+        }
+    }
+
+    /// After a write: a stalled write (Pending) while a request is in
+    /// progress arms the send deadline; progress clears it; past it, the
+    /// write fails and hyper closes the connection.
+    fn write_stalled<T>(
+        &mut self,
+        r: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if self.mode != Mode::Busy
+            || self.deadlines.send.is_zero()
+            || self.info.upgraded.load(Relaxed)
+        {
+            return r;
+        }
+        match r {
+            Poll::Pending => {
+                let d = *self.send_deadline.get_or_insert_with(|| {
+                    let d = Instant::now() + self.deadlines.send;
+                    self.timer.as_mut().reset(d);
+                    d
+                });
+                if self.timer.as_mut().poll(cx).is_ready() && Instant::now() >= d {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client did not read the response within the client timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            r => {
+                self.send_deadline = None;
+                r
+            }
         }
     }
 
@@ -196,7 +241,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.settle(cx);
-        r
+        this.write_stalled(r, cx)
     }
 
     fn poll_write_vectored(
@@ -207,7 +252,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.settle(cx);
-        r
+        this.write_stalled(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -218,7 +263,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_flush(cx);
         this.settle(cx);
-        r
+        this.write_stalled(r, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

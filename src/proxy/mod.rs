@@ -266,6 +266,8 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// Idle time allowed between requests.
     pub keep_alive_timeout: Duration,
+    /// How long a client may leave a response unread (writes stalled).
+    pub send_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain: Duration,
     /// Request line + header bytes allowed (larger: 414 / 431).
@@ -300,6 +302,7 @@ pub(crate) fn builder(settings: &ServerSettings) -> ConnServer {
         deadlines: idle::Deadlines {
             header: settings.header_timeout,
             keep_alive: settings.keep_alive_timeout,
+            send: settings.send_timeout,
         },
     }
 }
@@ -393,6 +396,7 @@ where
     let settings = ServerSettings {
         header_timeout: Duration::from_secs(1),
         keep_alive_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(1),
         drain: Duration::ZERO,
         max_header_bytes: 32 * 1024,
     };

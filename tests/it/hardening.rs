@@ -684,6 +684,45 @@ async fn header_keep_alive_and_body_deadlines_are_separate() {
     r.stop().await;
 }
 
+/// A client that stops reading a large response (slow read) is cut after
+/// the client timeout of stalled writes, not held open for as long as it
+/// likes with an upstream connection behind it.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_client_timeout() {
+    let up = Upstream::start("app").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "sr.example.com", "", "s")
+    );
+    let r = TestRouter::start_with(&[("r.yaml", &text)], |c| {
+        c.timeouts.client = Duration::from_secs(1);
+    })
+    .await;
+    let s = TcpSocket::new_v4().unwrap();
+    // A small receive window, so the router's writes stall quickly.
+    s.set_recv_buffer_size(4096).unwrap();
+    let mut s = s.connect(r.http).await.unwrap();
+    s.write_all(b"GET /bytes/50000000 HTTP/1.1\r\nHost: sr.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing for 3 s: the router's writes stall, and at 1 s of
+    // stall it gives up on the connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "connection still open after {got} bytes");
+    assert!(got < 50_000_000, "the whole body arrived: {got}");
+    r.stop().await;
+}
+
 /// A manifests file turned to garbage keeps its last good routes (someone
 /// is mid-edit, a volume hiccup); a burst of 10k route changes is
 /// absorbed while the existing route keeps answering.
