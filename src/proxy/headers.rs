@@ -9,35 +9,37 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Remove hop-by-hop headers, including those the Connection header names.
 /// `te: trailers` survives (gRPC needs it). Returns whether the message
 /// asked for a protocol upgrade (`Connection: upgrade` + `Upgrade`).
 pub fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
-    // Most messages carry none: one pass over the names instead of a hash
-    // lookup per hop-by-hop header (measured with callgrind: 3.3k → under
-    // 1k instructions per request for both directions).
-    if !h.keys().any(is_hop_by_hop) {
+    // One pass over the names finds which hop-by-hop headers are present
+    // (most messages carry none, and an HTTP/1.1 upstream's response
+    // usually only `connection: keep-alive`); only those are looked up and
+    // removed. Measured with callgrind: a hash lookup per hop-by-hop name
+    // was 3.3k instructions per request for both directions.
+    let present = h.keys().fold(0u8, |m, n| m | hop_bit(n));
+    if present == 0 {
         return false;
     }
     let mut upgrade = false;
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| {
+    if present & CONNECTION_BIT != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for t in v.split(',') {
                 let t = t.trim();
                 if t.eq_ignore_ascii_case("upgrade") {
                     upgrade = true;
-                    return None;
+                } else if t.eq_ignore_ascii_case("keep-alive") || t.eq_ignore_ascii_case("close") {
+                    // `keep-alive` is removed below when present; `close`
+                    // names no header.
+                } else if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(n);
                 }
-                HeaderName::from_bytes(t.as_bytes()).ok()
-            })
-            .collect();
+            }
+        }
         for n in named {
             if n != header::TE {
                 h.remove(&n);
@@ -45,41 +47,53 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) -> bool {
         }
         h.remove(header::CONNECTION);
     }
-    upgrade &= h.contains_key(header::UPGRADE);
-    if !upgrade {
-        h.remove(header::UPGRADE);
+    upgrade &= present & hop_bit(&header::UPGRADE) != 0;
+    for (name, bit) in REMOVED.iter() {
+        if present & bit != 0 && !(upgrade && *name == header::UPGRADE) {
+            h.remove(name);
+        }
     }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::PROXY_AUTHENTICATE);
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::TRAILER);
-    if let Some(te) = h.get(header::TE) {
-        let trailers = te
-            .to_str()
-            .map(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-            .unwrap_or(false);
-        h.remove(header::TE);
-        if trailers {
-            h.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present & TE_BIT != 0 {
+        if let Some(te) = h.get(header::TE) {
+            let trailers = te
+                .to_str()
+                .map(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+                .unwrap_or(false);
+            h.remove(header::TE);
+            if trailers {
+                h.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
     }
     upgrade
 }
 
-/// Headers this hop consumes (plus `te`, kept only as `te: trailers`).
-fn is_hop_by_hop(n: &HeaderName) -> bool {
-    *n == header::CONNECTION
-        || *n == header::UPGRADE
-        || *n == header::TE
-        || *n == header::TRANSFER_ENCODING
-        || *n == header::TRAILER
-        || *n == header::PROXY_AUTHENTICATE
-        || *n == KEEP_ALIVE
-        || *n == PROXY_CONNECTION
+const CONNECTION_BIT: u8 = 1;
+const TE_BIT: u8 = 2;
+
+/// The hop-by-hop headers removed whenever present, with their bits.
+static REMOVED: [(HeaderName, u8); 6] = [
+    (header::UPGRADE, 4),
+    (header::TRANSFER_ENCODING, 8),
+    (header::TRAILER, 16),
+    (header::PROXY_AUTHENTICATE, 32),
+    (HeaderName::from_static("keep-alive"), 64),
+    (HeaderName::from_static("proxy-connection"), 128),
+];
+
+/// The bit of a header this hop consumes (plus `te`, kept only as `te:
+/// trailers`); 0 for end-to-end headers.
+fn hop_bit(n: &HeaderName) -> u8 {
+    if *n == header::CONNECTION {
+        return CONNECTION_BIT;
+    }
+    if *n == header::TE {
+        return TE_BIT;
+    }
+    REMOVED.iter().find(|(h, _)| h == n).map_or(0, |(_, b)| *b)
 }
 
 /// What the router knows about the client side of a request.
@@ -209,6 +223,28 @@ mod tests {
         let mut h = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(strip_hop_by_hop(&mut h));
         assert_eq!(h["upgrade"], "websocket");
+
+        // Every other hop-by-hop name, and `te` without trailers.
+        let mut h = hm(&[
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-sum"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "gzip"),
+            ("connection", "close"),
+            ("content-type", "text/plain"),
+        ]);
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["content-type"], "text/plain");
+
+        // An upstream's usual `connection: keep-alive`, nothing else.
+        let mut h = hm(&[("connection", "keep-alive"), ("server", "nginx")]);
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1, "{h:?}");
+        // Upgrade without `connection: upgrade` is dropped.
+        let mut h = hm(&[("upgrade", "websocket")]);
+        assert!(!strip_hop_by_hop(&mut h));
+        assert!(h.is_empty());
     }
 
     fn side<'a>(ip: IpAddr, ipv: &'a HeaderValue, port: &'a HeaderValue) -> ClientSide<'a> {
