@@ -226,9 +226,9 @@ pub fn compile_reusing(
             .map(|(e, _)| *e);
         let diagnostics_before = diagnostics.len();
         let object = format!("Route {ns}/{}", r.metadata.name);
-        let built = match previous {
-            Some(_) => None,
-            None => Some(route_parts(
+        let parts = match previous {
+            Some(e) => Parts::Reused(e),
+            None => Parts::Built(route_parts(
                 a,
                 objs,
                 &slices,
@@ -238,10 +238,9 @@ pub fn compile_reusing(
                 &mut diagnostics,
             )),
         };
-        let targets = match (previous, &built) {
-            (Some(e), _) => e.targets.clone(),
-            (_, Some(b)) => b.targets.clone(),
-            (None, None) => unreachable!("built when not reused"),
+        let targets = match &parts {
+            Parts::Reused(e) => e.targets.clone(),
+            Parts::Built(b) => b.targets.clone(),
         };
         let (key, href) = match &a.wildcard_domain {
             Some(d) => {
@@ -275,9 +274,9 @@ pub fn compile_reusing(
                 None => cert_map.insert(intern(&a.host), ck),
             };
         }
-        let up_tls = match (previous, a.termination, &r.spec.tls) {
-            (Some(e), ..) => e.upstream_tls.clone(),
-            (None, Some(Termination::Reencrypt), Some(t)) => {
+        let up_tls = match (&parts, a.termination, &r.spec.tls) {
+            (Parts::Reused(e), ..) => e.upstream_tls.clone(),
+            (Parts::Built(_), Some(Termination::Reencrypt), Some(t)) => {
                 let (u, warning) = upstream_tls.for_route(t, ns, &r.spec.to.name);
                 if let Some(message) = warning {
                     diagnostics.push(Diagnostic {
@@ -289,9 +288,9 @@ pub fn compile_reusing(
             }
             _ => None,
         };
-        let entry = match (previous, built) {
-            (Some(e), _) => e.clone(),
-            (None, Some(b)) => {
+        let entry = match parts {
+            Parts::Reused(e) => e.clone(),
+            Parts::Built(b) => {
                 let clean = diagnostics.len() == diagnostics_before;
                 Arc::new(RouteEntry {
                     stats: cfg.stats.get(ns, &r.metadata.name),
@@ -309,7 +308,6 @@ pub fn compile_reusing(
                     source: clean.then(|| r.clone()),
                 })
             }
-            (None, None) => unreachable!("built when not reused"),
         };
         match href {
             HostRef::Exact(_) => exact.entry(key).or_default().push(entry),
@@ -339,6 +337,12 @@ pub fn compile_reusing(
         ),
     };
     Compiled { table, diagnostics }
+}
+
+/// A route's entry this compile: the previous table's, or built anew.
+enum Parts<'e> {
+    Reused(&'e Arc<RouteEntry>),
+    Built(RouteParts),
 }
 
 /// What a route's entry is built from: its settings, targets and backends

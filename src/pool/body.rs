@@ -107,22 +107,41 @@ pub enum RequestBody {
     Client(Incoming),
     /// The client's body, its bytes counted on the route, its silences
     /// bounded by the client timeout.
-    Counted(Incoming, Arc<crate::table::RouteCounters>, ClientIdle),
+    Counted(Incoming, Arc<crate::table::RouteCounters>, StallTimer),
     Empty,
 }
 
-/// How long a client may stay silent mid-body (HAProxy `timeout client`),
-/// and the timer, which exists only while the body is stalled.
+/// A body's stall limit: the timer exists only while the body is stalled
+/// (created on the first `Pending`, dropped on progress). Used for a
+/// client silent mid-request-body and an upstream silent mid-response.
 #[derive(Debug)]
-pub struct ClientIdle {
+pub struct StallTimer {
     limit: std::time::Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl ClientIdle {
+impl StallTimer {
     /// `limit` zero: no limit.
     pub fn new(limit: std::time::Duration) -> Self {
-        ClientIdle { limit, timer: None }
+        StallTimer { limit, timer: None }
+    }
+
+    /// The body made progress.
+    pub fn progress(&mut self) {
+        self.timer = None;
+    }
+
+    /// The body is pending: whether it has now been stalled for `limit`.
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.limit.is_zero() {
+            return false;
+        }
+        let limit = self.limit;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 }
 
@@ -165,7 +184,7 @@ impl Body for RequestBody {
             RequestBody::Client(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Counted(b, stats, idle) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(r) => {
-                    idle.timer = None;
+                    idle.progress();
                     if let Some(Ok(f)) = &r {
                         if let Some(d) = f.data_ref() {
                             stats
@@ -175,17 +194,10 @@ impl Body for RequestBody {
                     }
                     Poll::Ready(r.map(|r| r.map_err(Into::into)))
                 }
-                Poll::Pending if idle.limit.is_zero() => Poll::Pending,
-                Poll::Pending => {
-                    let limit = idle.limit;
-                    let t = idle
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                    match t.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientTimedOut)))),
-                        Poll::Pending => Poll::Pending,
-                    }
+                Poll::Pending if idle.expired(cx) => {
+                    Poll::Ready(Some(Err(Box::new(ClientTimedOut))))
                 }
+                Poll::Pending => Poll::Pending,
             },
             RequestBody::Empty => Poll::Ready(None),
         }

@@ -9,7 +9,7 @@
 mod body;
 pub mod fxhash;
 
-pub use body::{ClientIdle, ClientTimedOut, RequestBody, UpstreamBody};
+pub use body::{ClientTimedOut, RequestBody, StallTimer, UpstreamBody};
 
 use crate::io::Flat;
 use crate::table::{Endpoint, UpstreamProtocol, UpstreamTls};

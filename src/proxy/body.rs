@@ -11,7 +11,6 @@ use crate::table::{ActiveGuard, RouteCounters, UpstreamError};
 use crate::telemetry::access_log::{AccessLog, LogLine};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -102,32 +101,18 @@ impl Body for ProxyBody {
             Kind::Upstream(b, hold) => match Pin::new(&mut *b).poll_frame(cx) {
                 Poll::Ready(r) => {
                     if let Some(h) = hold {
-                        h.timer = None;
+                        h.stall.progress();
                     }
                     Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
                 }
-                Poll::Pending => {
-                    // The route's timeout is also the longest the upstream
-                    // may stay silent mid-body (HAProxy `timeout server`).
-                    // The timer exists only while the body is stalled.
-                    if let Some(h) = hold.as_mut().filter(|h| !h.idle.is_zero()) {
-                        let idle = h.idle;
-                        let t = h
-                            .timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                        if t.as_mut().poll(cx).is_ready() {
-                            let e = std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "upstream idle mid-body",
-                            );
-                            Poll::Ready(Some(Err(e.into())))
-                        } else {
-                            Poll::Pending
-                        }
-                    } else {
-                        Poll::Pending
-                    }
+                // The route's timeout is also the longest the upstream may
+                // stay silent mid-body (HAProxy `timeout server`).
+                Poll::Pending if hold.as_mut().is_some_and(|h| h.stall.expired(cx)) => {
+                    let e =
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream idle mid-body");
+                    Poll::Ready(Some(Err(e.into())))
                 }
+                Poll::Pending => Poll::Pending,
             },
             Kind::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
@@ -172,8 +157,8 @@ impl Body for ProxyBody {
 pub struct InFlight {
     pub active: ActiveGuard,
     pub slot: Option<Slot>,
-    pub idle: std::time::Duration,
-    pub timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The upstream's silence limit mid-body.
+    pub stall: crate::pool::StallTimer,
 }
 
 impl InFlight {
@@ -181,8 +166,7 @@ impl InFlight {
         InFlight {
             active,
             slot,
-            idle,
-            timer: None,
+            stall: crate::pool::StallTimer::new(idle),
         }
     }
 }

@@ -296,7 +296,7 @@ async fn forward(
         RequestBody::Counted(
             body,
             route.stats.clone(),
-            crate::pool::ClientIdle::new(proxy.client_timeout),
+            crate::pool::StallTimer::new(proxy.client_timeout),
         )
     };
     let mut up = Request::from_parts(parts, body);
