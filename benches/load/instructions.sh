@@ -63,34 +63,12 @@ PROXY_PORT=$((BASE_PORT + 1))
 ADMIN_PORT=$((BASE_PORT + 2))
 HOST=hello.bench.local
 
-say() { printf '== %s\n' "$*" >&2; }
-die() {
-    printf 'instructions.sh: %s\n' "$*" >&2
-    exit 1
-}
+# say, die, TMP, PIDS, cleanup on exit.
+# shellcheck source=benches/load/lib.sh
+source benches/load/lib.sh
 for tool in valgrind callgrind_control h2load nginx haproxy curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y valgrind nghttp2-client nginx-light haproxy curl)"
 done
-
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    local rc=$?
-    # TERM first: nginx's master stops its workers on TERM; KILL would
-    # leave them listening (and serving the next run).
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 30); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
 
 if [ "$SKIP_BUILD" != 1 ]; then
     say "cargo build --release"

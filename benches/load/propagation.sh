@@ -35,28 +35,12 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 NGINX_PORT=$BASE_PORT
 PROXY_PORT=$((BASE_PORT + 1))
 
-die() { printf 'propagation.sh: %s\n' "$*" >&2; exit 1; }
+# say, die, TMP, PIDS, cleanup on exit.
+# shellcheck source=benches/load/lib.sh
+source benches/load/lib.sh
 for tool in nginx wrk taskset python3 curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y nginx-light wrk util-linux python3 curl)"
 done
-
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-    local rc=$?
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 30); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
 
 if [ "$SKIP_BUILD" != 1 ]; then
     cargo build --release --bin gatehouse >&2 || die "cargo build --release failed"

@@ -158,32 +158,9 @@ HOST=hello.bench.local
 TLS_HOST=hello-tls.bench.local
 BODY=hello
 
-say() { printf '== %s\n' "$*" >&2; }
-die() {
-    printf '\nFAILED: %s\n' "$*" >&2
-    exit 1
-}
-
-# ---------------------------------------------------------------- cleanup
-TMP=$(mktemp -d /tmp/gatehouse-load.XXXXXX)
-PIDS=()
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
+# say, die, TMP, PIDS, cleanup on exit.
+# shellcheck source=benches/load/lib.sh
+source benches/load/lib.sh
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- tools
