@@ -244,6 +244,11 @@ impl Collector for RouterCollector {
             "Connections from trusted balancers closed for a bad or missing PROXY protocol header.",
             m::PROXY_HEADER_REFUSED.load(Relaxed),
         )?;
+        o.gauge(
+            "parked_connections",
+            "Idle HTTP/1 keep-alive connections holding no buffers (parked until their next request).",
+            crate::proxy::conn::PARKED.load(Relaxed) as i64,
+        )?;
         o.counter(
             "connections_closed_for_cancels",
             "Client connections closed for cancelling most of their requests (HTTP/2 rapid reset).",

@@ -16,8 +16,18 @@
 //! HTTP/2 only the keep-alive deadline runs between requests (frames such
 //! as PING are not a head); HTTP/2 request headers are bounded by h2's
 //! own limits.
+//!
+//! **Parking.** An HTTP/1 connection idle for `Deadlines::park` gives its
+//! buffers back: the wrapper answers hyper's pending read with end-of-file
+//! (hyper, idle, ends the connection cleanly, and its shutdown of the
+//! stream is swallowed), the connection driver (`super::conn`) drops
+//! hyper's connection — its 8 KiB read and 8 KiB write buffers and the
+//! boxed service future — and waits on the bare stream; the next request's
+//! first bytes start a fresh hyper connection with them. HAProxy releases
+//! an idle connection's buffers the same way.
 
 use super::ConnInfo;
+use bytes::{Buf, Bytes};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -40,6 +50,9 @@ pub struct Deadlines {
     /// close the connection (HAProxy's `timeout client` on the send side;
     /// slow-read attacks). Zero: no limit.
     pub send: Duration,
+    /// An HTTP/1 connection idle this long releases its buffers (see the
+    /// module documentation). Zero: never.
+    pub park: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +87,23 @@ pub struct ClientIo<I> {
     /// frames between requests (PING, SETTINGS, WINDOW_UPDATE) are not a
     /// request's head, so only the keep-alive deadline runs between them.
     h2: Option<bool>,
+    /// Bytes read ahead (protocol sniffing, parking) that the next reads
+    /// return first.
+    unread: Bytes,
+    /// While idle: when the connection parks.
+    park_at: Option<Instant>,
+    /// End-of-file was reported to hyper to park; its shutdown is
+    /// swallowed until the next byte arrives.
+    parked: bool,
+    /// The last write or flush did not complete.
+    write_pending: bool,
+}
+
+/// What the timer says when it fired.
+enum Fired {
+    Nothing,
+    Park,
+    Expired,
 }
 
 impl<I> ClientIo<I> {
@@ -89,7 +119,84 @@ impl<I> ClientIo<I> {
             seen: 0,
             send_deadline: None,
             h2: None,
+            unread: Bytes::new(),
+            park_at: None,
+            parked: false,
+            write_pending: false,
         }
+    }
+
+    /// Read until the first bytes tell HTTP/2's preface from an HTTP/1
+    /// request (at most 24 bytes, under the header deadline) and keep them
+    /// for the next reads: whether the connection speaks HTTP/2.
+    pub async fn sniff(&mut self) -> io::Result<bool>
+    where
+        I: AsyncRead + Unpin,
+    {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut got = [0u8; PREFACE.len()];
+        let mut n = 0;
+        while n < PREFACE.len() {
+            let k = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut got[n..]);
+                std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut rb))?;
+                Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
+            })
+            .await?;
+            let prev = n;
+            n += k;
+            if k == 0 || got[prev..n] != PREFACE[prev..n] {
+                break;
+            }
+        }
+        let h2 = got[..n] == *PREFACE;
+        self.h2 = Some(h2);
+        self.unread = Bytes::copy_from_slice(&got[..n]);
+        Ok(h2)
+    }
+
+    /// Whether the connection parked (hyper saw end-of-file for it).
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Bytes hyper had read and not used, returned first by the next reads.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.unread = bytes;
+        }
+    }
+
+    /// While parked: wait for the next request's first bytes (kept for the
+    /// next hyper connection): true; false at end-of-file. The keep-alive
+    /// deadline still runs (an error).
+    pub async fn wait_next(&mut self) -> io::Result<bool>
+    where
+        I: AsyncRead + Unpin,
+    {
+        if !self.unread.is_empty() {
+            return Ok(true);
+        }
+        let mut first = [0u8; 512];
+        let n = std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut first);
+            std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut rb))?;
+            Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
+        })
+        .await?;
+        self.unread = Bytes::copy_from_slice(&first[..n]);
+        Ok(n > 0)
+    }
+
+    /// Close a parked connection: the stream's shutdown, no longer
+    /// swallowed.
+    pub async fn close(&mut self)
+    where
+        I: AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt as _;
+        self.parked = false;
+        let _ = self.io.shutdown().await;
     }
 
     fn enter(&mut self, mode: Mode) {
@@ -105,8 +212,13 @@ impl<I> ClientIo<I> {
             }
             Mode::Idle => {
                 self.deadline = now + self.deadlines.keep_alive;
-                let first = now + self.deadlines.header.min(self.deadlines.keep_alive);
-                self.timer.as_mut().reset(first);
+                let mut first = self.deadlines.header.min(self.deadlines.keep_alive);
+                self.park_at = None;
+                if self.h2 == Some(false) && !self.deadlines.park.is_zero() {
+                    first = first.min(self.deadlines.park);
+                    self.park_at = Some(now + self.deadlines.park);
+                }
+                self.timer.as_mut().reset(now + first);
             }
             Mode::Busy => {}
         }
@@ -175,17 +287,28 @@ impl<I> ClientIo<I> {
         }
     }
 
-    /// Whether the deadline has passed (re-arming the timer when it fired
-    /// early for the logical deadline).
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// What the fired timer means: the deadline passed, or time to park
+    /// (re-arming it when it fired early for either).
+    fn fired(&mut self, cx: &mut Context<'_>) -> Fired {
         while self.timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= self.deadline {
-                return true;
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Fired::Expired;
             }
-            let d = self.deadline;
-            self.timer.as_mut().reset(d);
+            let mut next = self.deadline;
+            if let Some(at) = self.park_at {
+                if now >= at {
+                    self.park_at = None;
+                    if self.mode == Mode::Idle && !self.write_pending && !self.parked {
+                        return Fired::Park;
+                    }
+                } else {
+                    next = next.min(at);
+                }
+            }
+            self.timer.as_mut().reset(next);
         }
-        false
+        Fired::Nothing
     }
 }
 
@@ -198,15 +321,21 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
         let this = self.get_mut();
         this.settle(cx);
         let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        let r = if this.unread.is_empty() {
+            Pin::new(&mut this.io).poll_read(cx, buf)
+        } else {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            if this.unread.is_empty() {
+                this.unread = Bytes::new(); // release the allocation
+            }
+            Poll::Ready(Ok(()))
+        };
+        match r {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    if this.h2.is_none() {
-                        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
-                        let got = &buf.filled()[before..];
-                        let n = got.len().min(PREFACE.len());
-                        this.h2 = Some(got[..n] == PREFACE[..n]);
-                    }
+                    this.parked = false;
                     match this.mode {
                         Mode::Idle if this.h2 == Some(true) => {}
                         Mode::Idle => this.enter(Mode::Head),
@@ -217,15 +346,26 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                if this.mode != Mode::Busy && this.expired(cx) {
-                    let what = if this.mode == Mode::Head {
-                        "request head not received within the header timeout"
-                    } else {
-                        "idle keep-alive connection timed out"
-                    };
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                if this.mode == Mode::Busy {
+                    return Poll::Pending;
                 }
-                Poll::Pending
+                match this.fired(cx) {
+                    Fired::Nothing => Poll::Pending,
+                    Fired::Park => {
+                        // End-of-file for hyper, idle: it ends the
+                        // connection cleanly and the driver parks it.
+                        this.parked = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Fired::Expired => {
+                        let what = if this.mode == Mode::Head {
+                            "request head not received within the header timeout"
+                        } else {
+                            "idle keep-alive connection timed out"
+                        };
+                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+                    }
+                }
             }
             r => r,
         }
@@ -240,6 +380,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.write_pending = r.is_pending();
         this.settle(cx);
         this.write_stalled(r, cx)
     }
@@ -251,6 +392,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.write_pending = r.is_pending();
         this.settle(cx);
         this.write_stalled(r, cx)
     }
@@ -262,11 +404,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.write_pending = r.is_pending();
         this.settle(cx);
         this.write_stalled(r, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.parked {
+            // hyper ending a connection it was told to park: the stream
+            // stays open for the next request.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

@@ -4,6 +4,7 @@
 //! Reads the table once per request; never holds it across an `.await`.
 
 mod body;
+pub(crate) mod conn;
 pub mod conn_limits;
 mod handler;
 pub mod headers;
@@ -19,11 +20,10 @@ pub use body::{Done, ProxyBody};
 use crate::pool::Upstreams;
 use crate::table::TableStore;
 use crate::telemetry::access_log::AccessLog;
+use conn::{ConnServer, Drain, DrainWatch};
 use http::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -274,43 +274,41 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
 }
 
-/// How both listeners serve a client connection: hyper's builder and the
-/// client deadlines.
-pub(crate) struct ConnServer {
-    builder: auto::Builder<TokioExecutor>,
-    deadlines: idle::Deadlines,
-}
+/// How long an idle HTTP/1 connection keeps hyper's buffers before it
+/// parks (see `idle`): long enough that a client's next request on a busy
+/// connection never pays for new ones, short enough that thousands of idle
+/// keep-alive connections cost a few KiB each.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The connection server both listeners use.
 pub(crate) fn builder(settings: &ServerSettings) -> ConnServer {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // The header and keep-alive deadlines are `idle::ClientIo`'s.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(250)
         .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     ConnServer {
-        builder,
+        h1,
+        h2,
         deadlines: idle::Deadlines {
             header: settings.header_timeout,
             keep_alive: settings.keep_alive_timeout,
             send: settings.send_timeout,
+            park: PARK_AFTER,
         },
     }
 }
 
 /// Serve one client connection (plain or already-decrypted TLS).
 pub(crate) fn serve_conn<I>(
-    server: &ConnServer,
-    watcher: hyper_util::server::graceful::Watcher,
+    server: &Arc<ConnServer>,
+    drain: DrainWatch,
     io: I,
     info: Arc<ConnInfo>,
     proxy: Arc<Proxy>,
@@ -323,19 +321,12 @@ pub(crate) fn serve_conn<I>(
     // Spans at debug level: free (one callsite check) unless RUST_LOG asks
     // for them; then every log line of a request names its connection.
     let span = tracing::debug_span!("conn", %peer, tls = info.tls);
-    let io = idle::ClientIo::new(io, info.clone(), server.deadlines);
-    let conn = server
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    let conn = watcher.watch(conn);
+    let server = server.clone();
     use tracing::Instrument as _;
     tokio::spawn(
         async move {
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    debug!(%peer, error = %e, "client connection ended with an error");
-                },
+                _ = conn::drive(&server, io, info.clone(), svc, drain) => {}
                 _ = info.cancels.close.notified() => {
                     warn!(%peer, "closing a client connection that cancels most of its requests (HTTP/2 rapid reset?)");
                 }
@@ -402,12 +393,9 @@ where
     };
     let info = Arc::new(ConnInfo::new(peer, peer, false));
     let server = builder(&settings);
-    let io = idle::ClientIo::new(io, info.clone(), server.deadlines);
-    let svc = service(proxy, info);
-    let _ = server
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
+    let svc = service(proxy, info.clone());
+    let drain = Drain::new();
+    conn::drive(&server, io, info, svc, drain.watcher()).await;
 }
 
 /// Serve plain HTTP (h1 and h2c) on `listener` until `shutdown` turns true,
@@ -419,7 +407,7 @@ pub async fn serve_http(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     let local = listener.local_addr().ok();
     let mut last_accept = None;
     while let Some((mut stream, peer)) = accept(&listener, &mut shutdown).await {
@@ -482,7 +470,7 @@ const LINGER: Duration = Duration::from_millis(1000);
 
 /// Wait for in-flight requests, up to `deadline`.
 pub(crate) async fn drain(
-    graceful: GracefulShutdown,
+    graceful: Drain,
     local: Option<SocketAddr>,
     deadline: Duration,
     last_accept: Option<std::time::Instant>,

@@ -9,7 +9,6 @@ use crate::model::admission::Termination;
 use crate::proxy::{self, ConnInfo, Proxy, ServerSettings};
 use crate::telemetry::metrics::{self, TlsRefusal};
 use http::HeaderValue;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,7 +26,7 @@ pub async fn serve_https(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(proxy::builder(&settings));
-    let graceful = GracefulShutdown::new();
+    let graceful = proxy::conn::Drain::new();
     let local = listener.local_addr().ok();
     let mut last_accept = None;
     while let Some((stream, peer)) = proxy::accept(&listener, &mut shutdown).await {
@@ -68,8 +67,8 @@ async fn accept(
     local: SocketAddr,
     proxy: &Arc<Proxy>,
     tls: &ServerTls,
-    builder: &proxy::ConnServer,
-    watcher: hyper_util::server::graceful::Watcher,
+    builder: &Arc<proxy::conn::ConnServer>,
+    watcher: proxy::conn::DrainWatch,
     open: crate::proxy::conn_limits::ConnSlot,
 ) -> Result<(), Refused> {
     // Behind a balancer that speaks the PROXY protocol, the header comes

@@ -543,45 +543,6 @@ async fn slow_and_greedy_clients_are_bounded() {
     r.stop().await;
 }
 
-/// Read from `s` until a whole response with a `content-length` body has
-/// arrived (or the connection closes): the bytes read.
-async fn read_response(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + len {
-                return text;
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-            _ => return String::from_utf8_lossy(&out).into_owned(),
-        }
-    }
-}
-
-/// When the server closed `s` (EOF or reset), waiting up to `limit`.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<std::time::Instant> {
-    let mut buf = [0u8; 256];
-    loop {
-        match tokio::time::timeout(limit, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(std::time::Instant::now()),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
 /// HAProxy's three client deadlines: `http-request` from a request's first
 /// byte (and from the connection's start), `http-keep-alive` between
 /// requests (longer: idle keep-alive connections are not cut at the header

@@ -493,3 +493,90 @@ fn with_config(cfg: &std::path::Path, manifests: &std::path::Path) -> tokio::pro
         .spawn()
         .unwrap()
 }
+
+/// `gatehouse_parked_connections` from the admin endpoint.
+async fn parked(admin: SocketAddr) -> u64 {
+    let m = get(admin, "admin", "/metrics", &[]).await.body;
+    m.lines()
+        .find_map(|l| {
+            l.strip_prefix("gatehouse_parked_connections ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no parked_connections gauge in {m}"))
+}
+
+/// Idle HTTP/1 keep-alive connections park after a second — hyper's
+/// connection and its buffers are dropped, the stream stays open (HAProxy
+/// frees an idle connection's buffers the same way) — and the next request
+/// on the same connection, or a pipelined pair, is served as if nothing
+/// happened. SIGTERM closes parked connections at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_park_and_resume() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("park").await;
+    let dir = manifests_dir("p.example.com", up.port());
+    let mut p = Proc::start(dir.path(), &[]);
+    let get1 = b"GET / HTTP/1.1\r\nHost: p.example.com\r\n\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(p.http).await.unwrap();
+        s.write_all(get1).await.unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        conns.push(s);
+    }
+    assert_eq!(parked(p.admin).await, 0, "parked while just used");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(parked(p.admin).await, 20, "idle connections park");
+    // The same connections serve again, and stop being parked.
+    for s in &mut conns {
+        s.write_all(get1).await.unwrap();
+        let resp = read_response(s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "after parking: {resp:?}");
+        assert!(resp.contains("park"), "{resp:?}");
+    }
+    assert_eq!(
+        parked(p.admin).await,
+        0,
+        "resumed connections are not parked"
+    );
+    // Parked again, then a pipelined pair: both answered, in order.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(parked(p.admin).await, 20);
+    let s = &mut conns[0];
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: p.example.com\r\n\r\nGET /b HTTP/1.1\r\nHost: p.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let (a, b) = (text.find("/a").unwrap(), text.find("/b").unwrap());
+    assert!(a < b, "answered in order: {text}");
+    // SIGTERM: parked connections are closed right away, and the process
+    // exits well inside the 30 s drain.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let start = Instant::now();
+    p.sigterm();
+    for s in &mut conns {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await.is_some(),
+            "parked connection left open by the drain"
+        );
+    }
+    let status = loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(8), "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -546,3 +546,45 @@ pub fn manifests_dir(host: &str, port: u16) -> tempfile::TempDir {
     .unwrap();
     dir
 }
+
+/// Read from `s` until a whole response with a `content-length` body has
+/// arrived (or the connection closes): the bytes read.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return String::from_utf8_lossy(&out).into_owned(),
+        }
+    }
+}
+
+/// When the server closed `s` (EOF or reset), waiting up to `limit`.
+pub async fn closed_within(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<std::time::Instant> {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(std::time::Instant::now()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! One client connection from its first byte to its close: which protocol
+//! it speaks (HTTP/2's preface or not), hyper's connection for it, graceful
+//! drain, and parking (an idle HTTP/1 connection gives back hyper's buffers
+//! until its next request; see `idle`).
+
+use super::idle::{ClientIo, Deadlines};
+use super::ConnInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tracing::debug;
+
+/// HTTP/1 connections parked now (idle, buffers released).
+pub static PARKED: AtomicU64 = AtomicU64::new(0);
+
+/// The listeners' protocol settings: hyper's two builders and the client
+/// deadlines.
+pub(crate) struct ConnServer {
+    pub(super) h1: hyper::server::conn::http1::Builder,
+    pub(super) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    pub(super) deadlines: Deadlines,
+}
+
+/// A listener's connections, for a graceful drain: each holds a
+/// [`DrainWatch`]; `shutdown` tells them all and waits until every one has
+/// ended.
+pub(crate) struct Drain(watch::Sender<bool>);
+
+/// One connection's view of its listener's [`Drain`].
+pub(crate) struct DrainWatch(watch::Receiver<bool>);
+
+impl Drain {
+    pub fn new() -> Self {
+        Drain(watch::channel(false).0)
+    }
+
+    pub fn watcher(&self) -> DrainWatch {
+        DrainWatch(self.0.subscribe())
+    }
+
+    /// Tell every connection to finish (idle ones close, busy ones close
+    /// after their response; HTTP/2 gets GOAWAY) and wait for all to end.
+    pub async fn shutdown(self) {
+        self.0.send_replace(true);
+        self.0.closed().await;
+    }
+}
+
+impl DrainWatch {
+    /// Resolves once the drain has begun (or its listener is gone).
+    async fn begun(&mut self) {
+        let _ = self.0.wait_for(|d| *d).await;
+    }
+
+    fn has_begun(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// Serve `io` until the connection ends.
+pub(crate) async fn drive<I, S, F>(
+    server: &ConnServer,
+    io: I,
+    info: Arc<ConnInfo>,
+    svc: S,
+    mut drain: DrainWatch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<super::ProxyBody>,
+            Error = std::convert::Infallible,
+            Future = F,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static,
+    F: std::future::Future<
+            Output = Result<hyper::Response<super::ProxyBody>, std::convert::Infallible>,
+        > + Send
+        + 'static,
+{
+    let peer = info.peer;
+    let mut io = ClientIo::new(io, info, server.deadlines);
+    match io.sniff().await {
+        Ok(true) => {
+            let mut conn = std::pin::pin!(server.h2.serve_connection(TokioIo::new(io), svc));
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = drain.begun(), if !draining => {
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
+                }
+            }
+        }
+        Ok(false) => {}
+        Err(e) => {
+            debug!(%peer, error = %e, "client connection ended before its first request");
+            return;
+        }
+    }
+    loop {
+        let mut conn = server
+            .h1
+            .serve_connection(TokioIo::new(io), svc.clone())
+            .with_upgrades();
+        let mut draining = drain.has_begun();
+        if draining {
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "client connection ended with an error");
+                        return;
+                    }
+                    break;
+                }
+                _ = drain.begun(), if !draining => {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    draining = true;
+                }
+            }
+        }
+        // Ended: upgraded (the tunnel owns the stream now), closed, or
+        // parked.
+        let Some(parts) = conn.into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        if !io.parked() {
+            return;
+        }
+        io.unread(parts.read_buf);
+        drop(parts.service);
+        PARKED.fetch_add(1, Relaxed);
+        let next = tokio::select! {
+            r = io.wait_next() => matches!(r, Ok(true)),
+            _ = drain.begun() => false,
+        };
+        PARKED.fetch_sub(1, Relaxed);
+        if !next {
+            io.close().await;
+            return;
+        }
+    }
+}
