@@ -36,7 +36,7 @@
 #
 # Scenarios (SCENARIOS, default all of them; see also the README table)
 #   idle           memory per idle keep-alive connection (IDLE_CONNS, 8000,
-#                  held open by idle_conns.py; RSS before/after), measured
+#                  held open by idle_conns.py; RSS before and after 10 s idle), measured
 #                  first, on fresh processes.
 #   h1-close       HTTP/1.1 with Connection: close: a new connection per
 #                  request.

@@ -87,7 +87,8 @@ pub(crate) async fn drive<I, S, F>(
     let mut io = ClientIo::new(io, info, server.deadlines);
     match io.sniff().await {
         Ok(true) => {
-            let mut conn = std::pin::pin!(server.h2.serve_connection(TokioIo::new(io), svc));
+            // Boxed, as the HTTP/1 one: the task itself stays small.
+            let mut conn = Box::pin(server.h2.serve_connection(TokioIo::new(io), svc));
             let mut draining = false;
             loop {
                 tokio::select! {
@@ -111,17 +112,21 @@ pub(crate) async fn drive<I, S, F>(
         }
     }
     loop {
-        let mut conn = server
-            .h1
-            .serve_connection(TokioIo::new(io), svc.clone())
-            .with_upgrades();
+        // Boxed: dropped while parked, so a parked connection's task holds
+        // only the stream.
+        let mut conn = Box::new(
+            server
+                .h1
+                .serve_connection(TokioIo::new(io), svc.clone())
+                .with_upgrades(),
+        );
         let mut draining = drain.has_begun();
         if draining {
-            Pin::new(&mut conn).graceful_shutdown();
+            Pin::new(&mut *conn).graceful_shutdown();
         }
         loop {
             tokio::select! {
-                r = &mut conn => {
+                r = &mut *conn => {
                     if let Err(e) = r {
                         debug!(%peer, error = %e, "client connection ended with an error");
                         return;
@@ -129,14 +134,14 @@ pub(crate) async fn drive<I, S, F>(
                     break;
                 }
                 _ = drain.begun(), if !draining => {
-                    Pin::new(&mut conn).graceful_shutdown();
+                    Pin::new(&mut *conn).graceful_shutdown();
                     draining = true;
                 }
             }
         }
         // Ended: upgraded (the tunnel owns the stream now), closed, or
         // parked.
-        let Some(parts) = conn.into_parts() else {
+        let Some(parts) = (*conn).into_parts() else {
             return;
         };
         io = parts.io.into_inner();

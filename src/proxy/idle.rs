@@ -127,32 +127,43 @@ impl<I> ClientIo<I> {
     }
 
     /// Read until the first bytes tell HTTP/2's preface from an HTTP/1
-    /// request (at most 24 bytes, under the header deadline) and keep them
-    /// for the next reads: whether the connection speaks HTTP/2.
+    /// request (under the header deadline) and keep them for the next
+    /// reads: whether the connection speaks HTTP/2. The first read takes
+    /// up to 4 KiB, so an HTTP/1 request's head usually arrives whole in it
+    /// and hyper needs no second read system call for it.
     pub async fn sniff(&mut self) -> io::Result<bool>
     where
         I: AsyncRead + Unpin,
     {
         const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-        let mut got = [0u8; PREFACE.len()];
-        let mut n = 0;
-        while n < PREFACE.len() {
-            let k = std::future::poll_fn(|cx| {
-                let mut rb = ReadBuf::new(&mut got[n..]);
-                std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut rb))?;
-                Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
-            })
-            .await?;
-            let prev = n;
-            n += k;
-            if k == 0 || got[prev..n] != PREFACE[prev..n] {
+        let mut got = Vec::new();
+        loop {
+            let n = self.read_some(&mut got).await?;
+            let k = got.len().min(PREFACE.len());
+            if n == 0 || got[..k] != PREFACE[..k] || k == PREFACE.len() {
                 break;
             }
         }
-        let h2 = got[..n] == *PREFACE;
+        let h2 = got.starts_with(PREFACE);
         self.h2 = Some(h2);
-        self.unread = Bytes::copy_from_slice(&got[..n]);
+        self.unread = Bytes::from(got);
         Ok(h2)
+    }
+
+    /// One read of up to 4 KiB through the deadlines, appended to `to`: how
+    /// many bytes (0 at end-of-file). The buffer lives only while polled.
+    async fn read_some(&mut self, to: &mut Vec<u8>) -> io::Result<usize>
+    where
+        I: AsyncRead + Unpin,
+    {
+        std::future::poll_fn(|cx| {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut rb = ReadBuf::uninit(&mut buf);
+            std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut rb))?;
+            to.extend_from_slice(rb.filled());
+            Poll::Ready(Ok(rb.filled().len()))
+        })
+        .await
     }
 
     /// Whether the connection parked (hyper saw end-of-file for it).
@@ -177,14 +188,9 @@ impl<I> ClientIo<I> {
         if !self.unread.is_empty() {
             return Ok(true);
         }
-        let mut first = [0u8; 512];
-        let n = std::future::poll_fn(|cx| {
-            let mut rb = ReadBuf::new(&mut first);
-            std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut rb))?;
-            Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
-        })
-        .await?;
-        self.unread = Bytes::copy_from_slice(&first[..n]);
+        let mut first = Vec::new();
+        let n = self.read_some(&mut first).await?;
+        self.unread = Bytes::from(first);
         Ok(n > 0)
     }
 
