@@ -16,6 +16,9 @@ use tracing::debug;
 /// HTTP/1 connections parked now (idle, buffers released).
 pub static PARKED: AtomicU64 = AtomicU64::new(0);
 
+/// Longest wait for a parked connection's close to be written.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The listeners' protocol settings: hyper's two builders and the client
 /// deadlines.
 pub(crate) struct ConnServer {
@@ -157,7 +160,9 @@ pub(crate) async fn drive<I, S, F>(
         };
         PARKED.fetch_sub(1, Relaxed);
         if !next {
-            io.close().await;
+            // Nothing is pending on a parked connection, so its FIN (or
+            // TLS close_notify) goes out at once; bounded all the same.
+            let _ = tokio::time::timeout(CLOSE_WAIT, io.close()).await;
             return;
         }
     }
