@@ -48,8 +48,9 @@ pub async fn handle(
     // headers, and growing it re-hashes every entry.
     let _ = req.headers_mut().try_reserve(8);
     // Every request carries an id end to end: the client's, or a new one.
-    if !req.headers().contains_key(&X_REQUEST_ID) {
-        req.headers_mut().insert(X_REQUEST_ID.clone(), request_id());
+    // (One hash of the name: the entry, not a lookup and then an insert.)
+    if let http::header::Entry::Vacant(v) = req.headers_mut().entry(&X_REQUEST_ID) {
+        v.insert(request_id());
     }
     if tracing::enabled!(tracing::Level::DEBUG) {
         if let Some(id) = req
@@ -258,8 +259,15 @@ async fn forward(
     }
     // Client-certificate facts come from our handshake only, never from the
     // client's own headers.
-    headers.remove(&X_SSL_CLIENT_DN);
-    headers.remove(&X_SSL_CLIENT_VERIFY);
+    // (Looked up only when a name of that shape is present: two hashed
+    // removals per request otherwise.)
+    if headers
+        .keys()
+        .any(|n| n.as_str().starts_with("x-ssl-client-"))
+    {
+        headers.remove(&X_SSL_CLIENT_DN);
+        headers.remove(&X_SSL_CLIENT_VERIFY);
+    }
     if conn.tls {
         match &conn.client_dn {
             Some(dn) => {

@@ -2,7 +2,7 @@
 //! and the forwarded headers the OpenShift router sets.
 
 use crate::table::ForwardedPolicy;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -126,23 +126,21 @@ pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<
     };
     match policy {
         ForwardedPolicy::Never => return,
-        ForwardedPolicy::Append => {
-            let existing: Vec<&[u8]> = h
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            if existing.is_empty() {
-                h.insert(X_FORWARDED_FOR.clone(), c.ip_value.clone());
-            } else {
+        // One hash of the name (the entry), not a lookup and an insert.
+        ForwardedPolicy::Append => match h.entry(&X_FORWARDED_FOR) {
+            Entry::Vacant(v) => {
+                v.insert(c.ip_value.clone());
+            }
+            Entry::Occupied(mut o) => {
+                let existing: Vec<&[u8]> = o.iter().map(|v| v.as_bytes()).collect();
                 let mut joined = existing.join(&b", "[..]);
                 joined.extend_from_slice(b", ");
                 joined.extend_from_slice(c.ip_value.as_bytes());
                 if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                    h.insert(X_FORWARDED_FOR.clone(), v);
+                    o.insert(v);
                 }
             }
-        }
+        },
         ForwardedPolicy::Replace | ForwardedPolicy::IfNone => {
             set(h, &X_FORWARDED_FOR, c.ip_value.clone())
         }
@@ -152,10 +150,29 @@ pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<
     set(h, &X_FORWARDED_PROTO, HeaderValue::from_static(c.proto));
     // `for=1.2.3.4;host=example.com;proto=http` (RFC 7239), built in one
     // buffer from the pre-rendered address: no formatting per request.
-    let prev = match policy {
-        ForwardedPolicy::Append => h.get(header::FORWARDED),
-        _ => None,
-    };
+    match policy {
+        ForwardedPolicy::Append => match h.entry(header::FORWARDED) {
+            Entry::Vacant(v) => {
+                if let Some(f) = forwarded(None, c) {
+                    v.insert(f);
+                }
+            }
+            Entry::Occupied(mut o) => {
+                if let Some(f) = forwarded(Some(o.get()), c) {
+                    o.insert(f);
+                }
+            }
+        },
+        _ => {
+            if let Some(f) = forwarded(None, c) {
+                set(h, &header::FORWARDED, f);
+            }
+        }
+    }
+}
+
+/// The `Forwarded` element for this hop, after `prev` when appending.
+fn forwarded(prev: Option<&HeaderValue>, c: &ClientSide<'_>) -> Option<HeaderValue> {
     let mut e: Vec<u8> = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + c.host.len() + 48);
     if let Some(p) = prev {
         e.extend_from_slice(p.as_bytes());
@@ -185,14 +202,7 @@ pub fn set_forwarded(h: &mut HeaderMap, policy: ForwardedPolicy, c: &ClientSide<
     }
     e.extend_from_slice(b";proto=");
     e.extend_from_slice(c.proto.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(e)) {
-        match policy {
-            ForwardedPolicy::Append => {
-                h.insert(header::FORWARDED, v);
-            }
-            _ => set(h, &header::FORWARDED, v),
-        }
-    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(e)).ok()
 }
 
 #[cfg(test)]
