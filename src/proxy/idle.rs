@@ -171,10 +171,19 @@ impl<I> ClientIo<I> {
         self.parked
     }
 
-    /// Bytes hyper had read and not used, returned first by the next reads.
+    /// Bytes hyper had read and not used, returned first by the next reads
+    /// (before any still unread here: hyper read those later).
     pub fn unread(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.unread.is_empty() {
             self.unread = bytes;
+        } else {
+            let mut both = Vec::with_capacity(bytes.len() + self.unread.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(&self.unread);
+            self.unread = Bytes::from(both);
         }
     }
 
@@ -423,5 +432,62 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn deadlines() -> Deadlines {
+        Deadlines {
+            header: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(5),
+            send: Duration::from_secs(5),
+            park: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn sniffed_and_unread_bytes_come_back_in_order() {
+        let (client, server) = tokio::io::duplex(64);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let info = Arc::new(ConnInfo::new(peer, peer, false));
+        let mut io = ClientIo::new(server, info, deadlines());
+        let mut client = client;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(!io.sniff().await.unwrap(), "an HTTP/1 request is not h2");
+        // What hyper had buffered goes before what is still unread here.
+        io.unread(Bytes::from_static(b"<hyper>"));
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"<hyper>GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_recognised_across_reads() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let info = Arc::new(ConnInfo::new(peer, peer, false));
+        let mut io = ClientIo::new(server, info, deadlines());
+        let sniff = tokio::spawn(async move {
+            let h2 = io.sniff().await.unwrap();
+            (h2, io)
+        });
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        let (h2, mut io) = sniff.await.unwrap();
+        assert!(h2);
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(
+            all, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "the preface is handed on whole"
+        );
     }
 }
