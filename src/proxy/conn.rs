@@ -57,10 +57,6 @@ impl DrainWatch {
     async fn begun(&mut self) {
         let _ = self.0.wait_for(|d| *d).await;
     }
-
-    fn has_begun(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 /// Serve `io` until the connection ends.
@@ -92,21 +88,11 @@ pub(crate) async fn drive<I, S, F>(
         Ok(true) => {
             // Boxed, as the HTTP/1 one: the task itself stays small.
             let mut conn = Box::pin(server.h2.serve_connection(TokioIo::new(io), svc));
-            let mut draining = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            debug!(%peer, error = %e, "client connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = drain.begun(), if !draining => {
-                        conn.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
-                }
+            let r = until_done(conn.as_mut(), &mut drain, |c| c.graceful_shutdown()).await;
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "client connection ended with an error");
             }
+            return;
         }
         Ok(false) => {}
         Err(e) => {
@@ -123,24 +109,10 @@ pub(crate) async fn drive<I, S, F>(
                 .serve_connection(TokioIo::new(io), svc.clone())
                 .with_upgrades(),
         );
-        let mut draining = drain.has_begun();
-        if draining {
-            Pin::new(&mut *conn).graceful_shutdown();
-        }
-        loop {
-            tokio::select! {
-                r = &mut *conn => {
-                    if let Err(e) = r {
-                        debug!(%peer, error = %e, "client connection ended with an error");
-                        return;
-                    }
-                    break;
-                }
-                _ = drain.begun(), if !draining => {
-                    Pin::new(&mut *conn).graceful_shutdown();
-                    draining = true;
-                }
-            }
+        let r = until_done(Pin::new(&mut *conn), &mut drain, |c| c.graceful_shutdown()).await;
+        if let Err(e) = r {
+            debug!(%peer, error = %e, "client connection ended with an error");
+            return;
         }
         // Ended: upgraded (the tunnel owns the stream now), closed, or
         // parked.
@@ -164,6 +136,28 @@ pub(crate) async fn drive<I, S, F>(
             // TLS close_notify) goes out at once; bounded all the same.
             let _ = tokio::time::timeout(CLOSE_WAIT, io.close()).await;
             return;
+        }
+    }
+}
+
+/// Poll `conn` to its end; once the drain begins (at once if it already
+/// has), tell it to finish with `shutdown`.
+async fn until_done<C, E>(
+    mut conn: Pin<&mut C>,
+    drain: &mut DrainWatch,
+    shutdown: impl Fn(Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: std::future::Future<Output = Result<(), E>> + ?Sized,
+{
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            _ = drain.begun(), if !draining => {
+                shutdown(conn.as_mut());
+                draining = true;
+            }
         }
     }
 }
