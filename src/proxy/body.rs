@@ -178,7 +178,9 @@ pub struct Done {
     pub stats: Option<Arc<RouteCounters>>,
     pub start: Instant,
     pub status: u16,
-    pub log: Option<(LogLine, Arc<AccessLog>)>,
+    /// Boxed: a log line is large, and the body (with this in it) is moved
+    /// several times per response; most requests are not logged.
+    pub log: Option<Box<(LogLine, Arc<AccessLog>)>>,
     bytes: u64,
     complete: bool,
 }
@@ -209,7 +211,8 @@ impl Done {
         if let Some(e) = endpoint {
             e.stats.finish(self.status, self.bytes);
         }
-        if let Some((mut line, sink)) = self.log.take() {
+        if let Some(entry) = self.log.take() {
+            let (mut line, sink) = *entry;
             line.end(self.bytes, took, self.complete);
             sink.push(line);
         }

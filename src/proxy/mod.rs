@@ -353,7 +353,6 @@ fn service(
        + Send
        + 'static {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let proxy = proxy.clone();
         let mut guard = RequestGuard::new(info.clone());
         let span = tracing::debug_span!(
             "request",
@@ -361,19 +360,31 @@ fn service(
             path = req.uri().path(),
             id = tracing::field::Empty
         );
+        use futures::future::Either;
         use tracing::Instrument as _;
-        // Boxed: hyper keeps the service future in a per-connection box
-        // sized for it, idle or not; a pointer there instead of the whole
-        // request future keeps idle connections small.
-        Box::pin(
-            async move {
-                let mut resp = handler::handle(&proxy, &guard.info, req).await;
+        match span.in_scope(|| handler::handle(&proxy, &guard.info, req)) {
+            // Answered without an upstream: no future to keep.
+            handler::Handled::Ready(mut resp) => {
                 guard.answered = true;
                 resp.body_mut().hold(guard);
-                Ok::<_, Infallible>(resp)
+                Either::Left(std::future::ready(Ok::<_, Infallible>(resp)))
             }
-            .instrument(span),
-        )
+            // Boxed: hyper keeps the service future in a per-connection
+            // box sized for it, idle or not; a pointer there instead of the
+            // exchange keeps idle connections small.
+            handler::Handled::Forward(mut exchange) => {
+                let proxy = proxy.clone();
+                Either::Right(Box::pin(
+                    async move {
+                        let mut resp = exchange.run(&proxy, &guard.info).await;
+                        guard.answered = true;
+                        resp.body_mut().hold(guard);
+                        Ok::<_, Infallible>(resp)
+                    }
+                    .instrument(span),
+                ))
+            }
+        }
     })
 }
 
