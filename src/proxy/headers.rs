@@ -331,4 +331,25 @@ mod tests {
             "for=\"[2001:db8::1]\";host=www.example.com;proto=http"
         );
     }
+
+    #[test]
+    fn forwarded_appends_and_quotes_hosts() {
+        let ipv = HeaderValue::from_static("192.0.2.7");
+        let port = HeaderValue::from_static("8080");
+        let mut c = side("192.0.2.7".parse().unwrap(), &ipv, &port);
+        // A host with a port (":" is not a token character) is quoted;
+        // quotes and backslashes in it are dropped.
+        c.host = "www.example.com:8080";
+        let prev = HeaderValue::from_static("for=10.0.0.1");
+        let f = forwarded(Some(&prev), &c).unwrap();
+        assert_eq!(
+            f,
+            "for=10.0.0.1, for=192.0.2.7;host=\"www.example.com:8080\";proto=http"
+        );
+        c.host = "a\"b\\c";
+        assert_eq!(
+            forwarded(None, &c).unwrap(),
+            "for=192.0.2.7;host=\"abc\";proto=http"
+        );
+    }
 }
