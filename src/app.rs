@@ -371,15 +371,23 @@ async fn compile_loop(
         next_allowed = tokio::time::Instant::now() + took;
         let old_objects = prev.replace(current);
         // Freeing a 10k-route table takes milliseconds: not on a thread that
-        // serves requests.
+        // serves requests, and at the control plane's priority (a blocking
+        // pool thread would run it at the workers' own).
         let (live, stats) = (cfg.live.clone(), cfg.stats.clone());
-        tokio::task::spawn_blocking(move || {
+        let release = move || {
+            crate::priority::control_plane_thread();
             drop((old_table, old_objects));
             // Endpoints and routes no table refers to any more lose their
             // live state and counters.
             live.prune();
             stats.prune();
-        });
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("table-release".into())
+            .spawn(release)
+        {
+            warn!(error = %e, "no thread to release the previous table; freed here instead (stale endpoint state is pruned after the next change)");
+        }
         info!(
             generation,
             kind,
