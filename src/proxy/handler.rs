@@ -552,10 +552,19 @@ impl Exchange {
         let (mut endpoint, mut chosen, mut upstream) = (endpoint, chosen, upstream);
         let mut pending = Some(pending);
         let _ = protocol;
+        let retry = Retry {
+            proxy,
+            conn,
+            route,
+            via: &via,
+            host,
+            upgrade,
+            endpoints,
+            replay: replay.as_ref(),
+        };
         let sent = loop {
             let member = chosen.member(&route.backends);
             let guard = pending.take().unwrap_or_else(|| member.live.begin());
-            let tls = route.upstream_tls.as_ref();
             let result = tokio::time::timeout_at(
                 deadline,
                 proxy
@@ -563,98 +572,20 @@ impl Exchange {
                     .send(&endpoint, upstream, take(&mut self.up), &via),
             )
             .await;
-            let mut e = match result {
+            let e = match result {
                 Ok(Err(e)) => e,
                 other => break (other, chosen, endpoint, guard),
             };
-            if !e.stale {
-                member.live.record_failure(&proxy.health);
-            }
-            // Nothing was written: the request, body and all, may go to another
-            // endpoint whatever its method.
-            if let Some(mut unsent) = e.unsent.take() {
-                tried.push(chosen);
-                let next = balance::pick(&route.backends, conn.peer.ip(), &tried)
-                    .filter(|_| tried.len() < MAX_ATTEMPTS.min(endpoints));
-                if let Some(next) = next {
-                    let (group, next_ep) = next.resolve(&route.backends);
-                    let protocol = if upgrade {
-                        UpstreamProtocol::Http1
-                    } else {
-                        group.protocol
-                    };
-                    if let Ok(c) = proxy.upstreams.checkout(next_ep, protocol, &via).await {
-                        debug!(%endpoint, next = %next_ep, "new upstream connection closed before the request was written; sending it elsewhere");
-                        let pq = unsent.uri().path_and_query().cloned();
-                        set_target(&mut unsent, c.protocol(), host, pq, tls.is_some());
-                        (endpoint, chosen, upstream, self.up) = (next_ep.clone(), next, c, unsent);
-                        route.stats.retry();
-                        continue;
-                    }
-                }
-                break (Ok(Err(e)), chosen, endpoint, guard);
-            }
-            let Some(head) = replay.as_ref() else {
-                break (Ok(Err(e)), chosen, endpoint, guard);
-            };
-            let again = || {
-                let mut r = Request::new(RequestBody::Empty);
-                *r.method_mut() = head.method().clone();
-                *r.uri_mut() = head.uri().clone();
-                *r.version_mut() = head.version();
-                *r.headers_mut() = head.headers().clone();
-                r
-            };
-            if e.stale {
-                // Same endpoint, fresh connection: the endpoint did nothing wrong.
-                debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
-                let protocol = chosen.resolve(&route.backends).0.protocol;
-                match proxy.upstreams.connect(&endpoint, protocol, &via).await {
-                    Ok(fresh) => {
-                        upstream = fresh;
-                        self.up = again();
-                        route.stats.retry();
-                        continue;
-                    }
-                    // It closed because it died: count it, and try another.
-                    Err(_) => {
-                        member.live.record_failure(&proxy.health);
-                    }
-                }
-            }
-            tried.push(chosen);
-            if !e.before_response
-                || tried.len() >= MAX_ATTEMPTS.min(endpoints)
-                || !proxy.retry_budget.withdraw()
-            {
-                break (Ok(Err(e)), chosen, endpoint, guard);
-            }
-            let Some(next) = balance::pick(&route.backends, conn.peer.ip(), &tried) else {
-                break (Ok(Err(e)), chosen, endpoint, guard);
-            };
-            let (group, next_ep) = next.resolve(&route.backends);
-            match proxy
-                .upstreams
-                .checkout(
-                    next_ep,
-                    if upgrade {
-                        UpstreamProtocol::Http1
-                    } else {
-                        group.protocol
-                    },
-                    &via,
-                )
-                .await
-            {
-                Ok(c) => {
-                    warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, "upstream failed before answering; retrying on another endpoint");
-                    let mut req = again();
-                    let pq = req.uri().path_and_query().cloned();
-                    set_target(&mut req, c.protocol(), host, pq, tls.is_some());
-                    (endpoint, chosen, upstream, self.up) = (next_ep.clone(), next, c, req);
-                    route.stats.retry();
-                }
-                Err(_) => break (Ok(Err(e)), chosen, endpoint, guard),
+            // Boxed: the recovery's state (the error, the unsent request, a
+            // checkout) would otherwise sit in every request's future.
+            match Box::pin(retry.recover(&mut tried, e, &endpoint, chosen)).await {
+                Recovery::Again {
+                    endpoint: next_ep,
+                    chosen: next,
+                    upstream: c,
+                    up,
+                } => (endpoint, chosen, upstream, self.up) = (next_ep, next, c, up),
+                Recovery::Fail(e) => break (Ok(Err(e)), chosen, endpoint, guard),
             }
         };
         let (sent, chosen, endpoint, guard) = sent;
@@ -774,6 +705,144 @@ impl Exchange {
 /// puts the next one back).
 fn take(up: &mut Request<RequestBody>) -> Request<RequestBody> {
     std::mem::replace(up, Request::new(RequestBody::Empty))
+}
+
+/// What a failed send needs to decide on another attempt.
+struct Retry<'a> {
+    proxy: &'a Proxy,
+    conn: &'a ConnInfo,
+    route: &'a RouteEntry,
+    via: &'a crate::pool::Via<'a>,
+    host: &'a str,
+    upgrade: bool,
+    /// Endpoints of the route (attempts are bounded by them too).
+    endpoints: usize,
+    /// The head of a safe request without a body, to send again.
+    replay: Option<&'a Request<()>>,
+}
+
+/// After a failed send: where to send next, or the error to answer with.
+enum Recovery {
+    Again {
+        endpoint: Endpoint,
+        chosen: Pick,
+        upstream: crate::pool::Conn,
+        up: Request<RequestBody>,
+    },
+    Fail(crate::pool::ExchangeError),
+}
+
+impl Retry<'_> {
+    async fn recover(
+        &self,
+        tried: &mut Vec<Pick>,
+        mut e: crate::pool::ExchangeError,
+        endpoint: &Endpoint,
+        chosen: Pick,
+    ) -> Recovery {
+        let (proxy, route) = (self.proxy, self.route);
+        let tls = route.upstream_tls.is_some();
+        let member = chosen.member(&route.backends);
+        if !e.stale {
+            member.live.record_failure(&proxy.health);
+        }
+        let protocol_of = |group: &crate::table::BackendGroup| {
+            if self.upgrade {
+                UpstreamProtocol::Http1
+            } else {
+                group.protocol
+            }
+        };
+        // Nothing was written: the request, body and all, may go to another
+        // endpoint whatever its method.
+        if let Some(mut unsent) = e.unsent.take() {
+            tried.push(chosen);
+            let next = balance::pick(&route.backends, self.conn.peer.ip(), tried)
+                .filter(|_| tried.len() < MAX_ATTEMPTS.min(self.endpoints));
+            if let Some(next) = next {
+                let (group, next_ep) = next.resolve(&route.backends);
+                if let Ok(c) = proxy
+                    .upstreams
+                    .checkout(next_ep, protocol_of(group), self.via)
+                    .await
+                {
+                    debug!(%endpoint, next = %next_ep, "new upstream connection closed before the request was written; sending it elsewhere");
+                    let pq = unsent.uri().path_and_query().cloned();
+                    set_target(&mut unsent, c.protocol(), self.host, pq, tls);
+                    route.stats.retry();
+                    return Recovery::Again {
+                        endpoint: next_ep.clone(),
+                        chosen: next,
+                        upstream: c,
+                        up: unsent,
+                    };
+                }
+            }
+            return Recovery::Fail(e);
+        }
+        let Some(head) = self.replay else {
+            return Recovery::Fail(e);
+        };
+        let again = || {
+            let mut r = Request::new(RequestBody::Empty);
+            *r.method_mut() = head.method().clone();
+            *r.uri_mut() = head.uri().clone();
+            *r.version_mut() = head.version();
+            *r.headers_mut() = head.headers().clone();
+            r
+        };
+        if e.stale {
+            // Same endpoint, fresh connection: the endpoint did nothing wrong.
+            debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
+            let protocol = chosen.resolve(&route.backends).0.protocol;
+            match proxy.upstreams.connect(endpoint, protocol, self.via).await {
+                Ok(fresh) => {
+                    route.stats.retry();
+                    return Recovery::Again {
+                        endpoint: endpoint.clone(),
+                        chosen,
+                        upstream: fresh,
+                        up: again(),
+                    };
+                }
+                // It closed because it died: count it, and try another.
+                Err(_) => {
+                    member.live.record_failure(&proxy.health);
+                }
+            }
+        }
+        tried.push(chosen);
+        if !e.before_response
+            || tried.len() >= MAX_ATTEMPTS.min(self.endpoints)
+            || !proxy.retry_budget.withdraw()
+        {
+            return Recovery::Fail(e);
+        }
+        let Some(next) = balance::pick(&route.backends, self.conn.peer.ip(), tried) else {
+            return Recovery::Fail(e);
+        };
+        let (group, next_ep) = next.resolve(&route.backends);
+        match proxy
+            .upstreams
+            .checkout(next_ep, protocol_of(group), self.via)
+            .await
+        {
+            Ok(c) => {
+                warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, "upstream failed before answering; retrying on another endpoint");
+                let mut req = again();
+                let pq = req.uri().path_and_query().cloned();
+                set_target(&mut req, c.protocol(), self.host, pq, tls);
+                route.stats.retry();
+                Recovery::Again {
+                    endpoint: next_ep.clone(),
+                    chosen: next,
+                    upstream: c,
+                    up: req,
+                }
+            }
+            Err(_) => Recovery::Fail(e),
+        }
+    }
 }
 
 /// HTTP/1.1 upstreams get origin-form (`/path?q`), whatever form the client
