@@ -193,16 +193,6 @@ pub struct Exchange {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
-impl Exchange {
-    /// Run the exchange: connect (retrying other endpoints), send (replaying
-    /// where that is safe), and answer with the upstream's response or the
-    /// error that stands for it.
-    pub async fn run(&mut self, proxy: &Proxy, conn: &ConnInfo) -> Response<ProxyBody> {
-        let (resp, endpoint) = self.forward(proxy, conn).await;
-        self.books.finish(resp, endpoint)
-    }
-}
-
 /// The route's policy for this request: termination, allowlist, rate
 /// limits. `Ok` carries the rate-limit slot the request holds; `Err` is the
 /// answer when the route refuses it (boxed: refusals are rare, and a
@@ -399,6 +389,14 @@ fn prepare(
 }
 
 impl Exchange {
+    /// Run the exchange: connect (retrying other endpoints), send (replaying
+    /// where that is safe), and answer with the upstream's response or the
+    /// error that stands for it.
+    pub async fn run(&mut self, proxy: &Proxy, conn: &ConnInfo) -> Response<ProxyBody> {
+        let (resp, endpoint) = self.forward(proxy, conn).await;
+        self.books.finish(resp, endpoint)
+    }
+
     async fn forward(
         &mut self,
         proxy: &Proxy,
@@ -470,11 +468,7 @@ impl Exchange {
             // burst cannot pass a pod-concurrent-connections cap during the
             // connect; dropped again if the connect fails.
             let pending = pick.member(&route.backends).live.begin();
-            let protocol = if upgrade {
-                UpstreamProtocol::Http1
-            } else {
-                group.protocol
-            };
+            let protocol = protocol_for(group, upgrade);
             match proxy.upstreams.checkout(endpoint, protocol, &via).await {
                 Ok(upstream) => {
                     if !upstream.is_reused() {
@@ -537,14 +531,7 @@ impl Exchange {
         // upstream (the keep-alive race), or on another endpoint when one dies
         // before answering (bounded by MAX_ATTEMPTS and the retry budget).
         let up = &self.up;
-        let replay = (is_safe(up.method()) && up.body().is_end_stream()).then(|| {
-            let mut r = Request::new(());
-            *r.method_mut() = up.method().clone();
-            *r.uri_mut() = up.uri().clone();
-            *r.version_mut() = up.version();
-            *r.headers_mut() = up.headers().clone();
-            r
-        });
+        let replay = (is_safe(up.method()) && up.body().is_end_stream()).then(|| copy_head(up, ()));
         proxy.retry_budget.deposit();
         let deadline = tokio::time::Instant::now() + route.settings.timeout;
         trace.connect = Some(connect_started.elapsed());
@@ -707,6 +694,26 @@ fn take(up: &mut Request<RequestBody>) -> Request<RequestBody> {
     std::mem::replace(up, Request::new(RequestBody::Empty))
 }
 
+/// A request's head (method, target, version, headers) with `body`.
+fn copy_head<A, B>(from: &Request<A>, body: B) -> Request<B> {
+    let mut r = Request::new(body);
+    *r.method_mut() = from.method().clone();
+    *r.uri_mut() = from.uri().clone();
+    *r.version_mut() = from.version();
+    *r.headers_mut() = from.headers().clone();
+    r
+}
+
+/// The protocol to ask `group`'s endpoints for: HTTP/1.1 for an upgrade
+/// (it has no HTTP/2 form here), else the group's own.
+fn protocol_for(group: &crate::table::BackendGroup, upgrade: bool) -> UpstreamProtocol {
+    if upgrade {
+        UpstreamProtocol::Http1
+    } else {
+        group.protocol
+    }
+}
+
 /// What a failed send needs to decide on another attempt.
 struct Retry<'a> {
     proxy: &'a Proxy,
@@ -746,13 +753,6 @@ impl Retry<'_> {
         if !e.stale {
             member.live.record_failure(&proxy.health);
         }
-        let protocol_of = |group: &crate::table::BackendGroup| {
-            if self.upgrade {
-                UpstreamProtocol::Http1
-            } else {
-                group.protocol
-            }
-        };
         // Nothing was written: the request, body and all, may go to another
         // endpoint whatever its method.
         if let Some(mut unsent) = e.unsent.take() {
@@ -763,7 +763,7 @@ impl Retry<'_> {
                 let (group, next_ep) = next.resolve(&route.backends);
                 if let Ok(c) = proxy
                     .upstreams
-                    .checkout(next_ep, protocol_of(group), self.via)
+                    .checkout(next_ep, protocol_for(group, self.upgrade), self.via)
                     .await
                 {
                     debug!(%endpoint, next = %next_ep, "new upstream connection closed before the request was written; sending it elsewhere");
@@ -783,14 +783,7 @@ impl Retry<'_> {
         let Some(head) = self.replay else {
             return Recovery::Fail(e);
         };
-        let again = || {
-            let mut r = Request::new(RequestBody::Empty);
-            *r.method_mut() = head.method().clone();
-            *r.uri_mut() = head.uri().clone();
-            *r.version_mut() = head.version();
-            *r.headers_mut() = head.headers().clone();
-            r
-        };
+        let again = || copy_head(head, RequestBody::Empty);
         if e.stale {
             // Same endpoint, fresh connection: the endpoint did nothing wrong.
             debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
@@ -824,7 +817,7 @@ impl Retry<'_> {
         let (group, next_ep) = next.resolve(&route.backends);
         match proxy
             .upstreams
-            .checkout(next_ep, protocol_of(group), self.via)
+            .checkout(next_ep, protocol_for(group, self.upgrade), self.via)
             .await
         {
             Ok(c) => {

@@ -119,27 +119,10 @@ impl ManifestsDir {
             if i == largest {
                 // Files before it are already in `all`, and lose to it.
                 let earlier = std::mem::replace(&mut all, o.clone());
-                under(&mut all.routes, &earlier.routes);
-                under(&mut all.services, &earlier.services);
-                under(&mut all.endpoints, &earlier.endpoints);
-                under(&mut all.endpoint_slices, &earlier.endpoint_slices);
-                under(&mut all.ingresses, &earlier.ingresses);
-                under(&mut all.ingress_classes, &earlier.ingress_classes);
-                under(&mut all.namespaces, &earlier.namespaces);
-                under(&mut all.secrets, &earlier.secrets);
-                under(&mut all.origins, &earlier.origins);
-                continue;
+                merge(&mut all, &earlier, false);
+            } else {
+                merge(&mut all, o, true);
             }
-            merge(&mut all.routes, &o.routes);
-            merge(&mut all.services, &o.services);
-            merge(&mut all.endpoints, &o.endpoints);
-            merge(&mut all.endpoint_slices, &o.endpoint_slices);
-            merge(&mut all.ingresses, &o.ingresses);
-            merge(&mut all.ingress_classes, &o.ingress_classes);
-            merge(&mut all.namespaces, &o.namespaces);
-            merge(&mut all.secrets, &o.secrets);
-            all.origins
-                .extend(o.origins.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         all
     }
@@ -165,18 +148,29 @@ impl ManifestsDir {
     }
 }
 
-fn merge<T>(into: &mut crate::model::store::Kind<T>, from: &crate::model::store::Kind<T>) {
-    into.extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
-}
-
-/// Add `from`'s entries whose keys `into` lacks (an earlier file's objects
-/// under a later one's).
-fn under<K: Ord + Clone, V: Clone>(into: &mut BTreeMap<K, V>, from: &BTreeMap<K, V>) {
-    for (k, v) in from {
-        if !into.contains_key(k) {
-            into.insert(k.clone(), v.clone());
+/// Add every object of `from` to `into`: over `into`'s on a duplicate key
+/// when `from` is the later file (`later`), else only where `into` has none.
+fn merge(into: &mut Objects, from: &Objects, later: bool) {
+    fn kind<K: Ord + Clone, V: Clone>(
+        into: &mut BTreeMap<K, V>,
+        from: &BTreeMap<K, V>,
+        later: bool,
+    ) {
+        for (k, v) in from {
+            if later || !into.contains_key(k) {
+                into.insert(k.clone(), v.clone());
+            }
         }
     }
+    kind(&mut into.routes, &from.routes, later);
+    kind(&mut into.services, &from.services, later);
+    kind(&mut into.endpoints, &from.endpoints, later);
+    kind(&mut into.endpoint_slices, &from.endpoint_slices, later);
+    kind(&mut into.ingresses, &from.ingresses, later);
+    kind(&mut into.ingress_classes, &from.ingress_classes, later);
+    kind(&mut into.namespaces, &from.namespaces, later);
+    kind(&mut into.secrets, &from.secrets, later);
+    kind(&mut into.origins, &from.origins, later);
 }
 
 const MAX_DEPTH: usize = 16;
