@@ -23,7 +23,9 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use gatehouse::compile::{compile, compile_reusing, update_endpoints, CompileConfig};
+use gatehouse::compile::{
+    compile, compile_changed_routes, compile_reusing, update_endpoints, CompileConfig,
+};
 use gatehouse::model::store::Change;
 use gatehouse::model::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, IntOrString, ObjectMeta, Objects,
@@ -239,6 +241,12 @@ fn bench_compile(c: &mut Criterion) {
     });
     g.bench_function("routes_only/10k", |b| {
         b.iter(|| compile_reusing(black_box(&moved), &cfg, 2, Some(&table)))
+    });
+    // The same change, scoped to the changed route's hosts (what the
+    // compile loop does for a few changed routes).
+    assert!(compile_changed_routes(&objs, &moved, &cfg, 2, &table).is_some());
+    g.bench_function("routes_changed/10k", |b| {
+        b.iter(|| compile_changed_routes(black_box(&objs), black_box(&moved), &cfg, 2, &table))
     });
     g.bench_function("endpoints_only/10k", |b| {
         b.iter(|| {

@@ -300,14 +300,7 @@ async fn compile_loop(
         generation += 1;
         let started = Instant::now();
         let table = store.load_full();
-        let (cfg2, cur2) = (cfg.clone(), current.clone());
-        // Metrics count a routes-only compile as full (it rebuilds every
-        // host map); it differs in reusing unchanged routes' entries.
-        let kind = if matches!(change, Change::EndpointsOnly(_)) {
-            "endpoints"
-        } else {
-            "full"
-        };
+        let (cfg2, cur2, prev2) = (cfg.clone(), current.clone(), prev.clone());
         // On a thread of its own at a lower CPU priority: when the proxy
         // is saturated, requests come first and the table change waits
         // (nice 10 still gets ~10 % of a contended core).
@@ -316,14 +309,23 @@ async fn compile_loop(
             .name("compile".into())
             .spawn(move || {
                 crate::priority::control_plane_thread();
-                let c = match change {
-                    Change::EndpointsOnly(services) => {
-                        compile::update_endpoints(&table, &cur2, &services, generation, &cfg2)
+                let c = match (change, &prev2) {
+                    (Change::EndpointsOnly(services), _) => (
+                        compile::update_endpoints(&table, &cur2, &services, generation, &cfg2),
+                        "endpoints",
+                    ),
+                    // A few routes changed: rebuild their hosts only; else
+                    // everything, reusing unchanged routes' entries.
+                    (Change::RoutesOnly, Some(p)) => {
+                        match compile::compile_changed_routes(p, &cur2, &cfg2, generation, &table) {
+                            Some(c) => (c, "routes"),
+                            None => (
+                                compile::compile_reusing(&cur2, &cfg2, generation, Some(&table)),
+                                "full",
+                            ),
+                        }
                     }
-                    Change::RoutesOnly => {
-                        compile::compile_reusing(&cur2, &cfg2, generation, Some(&table))
-                    }
-                    _ => compile::compile(&cur2, &cfg2, generation),
+                    _ => (compile::compile(&cur2, &cfg2, generation), "full"),
                 };
                 let _ = done.send(c);
             });
@@ -333,7 +335,7 @@ async fn compile_loop(
                 .map_err(|_| "the compile thread panicked".to_owned()),
             Err(e) => Err(format!("no compile thread: {e}")),
         };
-        let compiled = match compiled {
+        let (compiled, kind) = match compiled {
             Ok(c) => c,
             Err(e) => {
                 // A bug in compile must not take the router down: keep the
@@ -367,7 +369,7 @@ async fn compile_loop(
         let rejected = t.statuses.len() - routes;
         let old_table = store.publish(t);
         let took = started.elapsed();
-        crate::telemetry::metrics::TABLE.record(kind == "full", took);
+        crate::telemetry::metrics::TABLE.record(kind, took);
         next_allowed = tokio::time::Instant::now() + took;
         let old_objects = prev.replace(current);
         // Freeing a 10k-route table takes milliseconds: not on a thread that

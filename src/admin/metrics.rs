@@ -161,10 +161,11 @@ impl Collector for RouterCollector {
         let tb = &m::TABLE;
         o.counters(
             "table_compiles",
-            "Tables compiled and swapped in, by kind (full, or endpoints only).",
+            "Tables compiled and swapped in, by kind (full, endpoints only, or only the hosts of changed routes).",
             [
                 (vec![("kind", "full")], tb.compiles[0].load(Relaxed)),
                 (vec![("kind", "endpoints")], tb.compiles[1].load(Relaxed)),
+                (vec![("kind", "routes")], tb.compiles[2].load(Relaxed)),
             ],
         )?;
         o.counter(

@@ -145,7 +145,7 @@ fn route(state: &Served, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 .statuses
                 .iter()
                 .map(|s| {
-                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    let mut v = serde_json::to_value(&**s).unwrap_or_default();
                     if let (Some(e), Some(o)) = (
                         effective.get(&(s.namespace.as_str(), s.name.as_str())),
                         v.as_object_mut(),

@@ -5,10 +5,11 @@
 //! changed, sharing everything else with the previous table.
 
 mod endpoints;
+mod incremental;
 pub mod tls;
 
 use crate::model::admission::{
-    self, Admission, AdmissionPolicy, Candidate, InsecurePolicy, Reason, Termination,
+    self, Admission, AdmissionPolicy, Admitted, Candidate, InsecurePolicy, Reason, Termination,
 };
 use crate::model::selector::Shard;
 use crate::model::{duration, ingress, Key, Objects};
@@ -18,6 +19,7 @@ use crate::table::{
     LiveRegistry, RouteEntry, RouteSettings, RoutingTable, Target,
 };
 pub use endpoints::{is_node_local, resolve, Resolved, SliceIndex};
+pub use incremental::compile_changed_routes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,161 +162,35 @@ pub fn compile_reusing(
     generation: u64,
     prev: Option<&RoutingTable>,
 ) -> Compiled {
-    // (namespace, name) → (previous entry, was it a wildcard route).
-    let reuse: FxHashMap<(&str, &str), (&Arc<RouteEntry>, bool)> = prev
-        .map(|t| {
-            let exact = t
-                .exact
-                .values()
-                .flat_map(|h| h.routes.iter().map(|r| (r, false)));
-            let wild = t
-                .wildcard
-                .values()
-                .flat_map(|h| h.routes.iter().map(|r| (r, true)));
-            exact
-                .chain(wild)
-                .filter(|(r, _)| r.source.is_some())
-                .map(|(r, w)| ((&*r.namespace, &*r.name), (r, w)))
-                .collect()
-        })
-        .unwrap_or_default();
     let candidates = candidates(objs, cfg);
     let certs = tls::CertPass::new(&cfg.cert_cache);
     let Admission {
         admitted,
         mut statuses,
-    } = {
-        let pass = &certs;
-        admission::admit_with(&candidates, &cfg.admission, &|c| pass.validate(c))
-    };
-    let slices = SliceIndex::new(objs);
-    let mut upstream_tls = tls::UpstreamTlsBuilder::new(&cfg.destination_trust);
-    let mut cert_map: FxHashMap<Arc<str>, Arc<crate::table::CertifiedKey>> = FxHashMap::default();
-    let mut wildcard_certs: FxHashMap<Arc<str>, Arc<crate::table::CertifiedKey>> =
-        FxHashMap::default();
-    let mut diagnostics = Vec::new();
-    let mut exact: FxHashMap<Arc<str>, Vec<Arc<RouteEntry>>> = FxHashMap::default();
-    let mut wildcard: FxHashMap<Arc<str>, Vec<Arc<RouteEntry>>> = FxHashMap::default();
-    let mut by_service: FxHashMap<Key, BTreeSet<HostRef>> = FxHashMap::default();
-    // Hosts repeat across routes; share one allocation per host.
-    let mut interned: FxHashMap<String, Arc<str>> = FxHashMap::default();
-    let mut intern = |s: &str| -> Arc<str> {
-        if let Some(a) = interned.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        interned.insert(s.to_owned(), a.clone());
-        a
-    };
-
+    } = admission::admit_with(&candidates, &cfg.admission, &|c| certs.validate(c));
+    let reuse = prev
+        .map(|t| {
+            reusable(
+                t.exact
+                    .values()
+                    .map(|h| (h, false))
+                    .chain(t.wildcard.values().map(|h| (h, true))),
+            )
+        })
+        .unwrap_or_default();
+    let mut b = Builder::new(objs, cfg, &certs, reuse);
     for a in &admitted {
-        let r = &a.route;
-        let ns = r.metadata.ns();
-        let previous = reuse
-            .get(&(ns, r.metadata.name.as_str()))
-            .filter(|(e, wild)| {
-                *wild == a.wildcard_domain.is_some()
-                    && e.source
-                        .as_ref()
-                        .is_some_and(|src| Arc::ptr_eq(src, r) || **src == **r)
-                    && *e.host == *a.host
-                    && *e.path == *a.path
-                    && e.path_exact == a.path_exact
-                    && e.termination == a.termination
-                    && e.insecure == a.insecure
-            })
-            .map(|(e, _)| *e);
-        let diagnostics_before = diagnostics.len();
-        let object = format!("Route {ns}/{}", r.metadata.name);
-        let parts = match previous {
-            Some(e) => Parts::Reused(e),
-            None => Parts::Built(route_parts(
-                a,
-                objs,
-                &slices,
-                cfg,
-                &object,
-                &mut statuses,
-                &mut diagnostics,
-            )),
-        };
-        let targets = match &parts {
-            Parts::Reused(e) => e.targets.clone(),
-            Parts::Built(b) => b.targets.clone(),
-        };
-        let (key, href) = match &a.wildcard_domain {
-            Some(d) => {
-                let k = intern(d);
-                (k.clone(), HostRef::Wildcard(k))
-            }
-            None => {
-                let k = intern(&a.host);
-                (k.clone(), HostRef::Exact(k))
-            }
-        };
-        for t in targets.iter() {
-            by_service
-                .entry(t.service.clone())
-                .or_default()
-                .insert(href.clone());
-        }
-        let terminates = matches!(
-            a.termination,
-            Some(Termination::Edge | Termination::Reencrypt)
-        );
-        if let Some(ck) = certs.cert_of(r).filter(|_| terminates) {
-            if crate::tls::certs::seconds_left(&ck).is_some_and(|s| s < 0) {
-                diagnostics.push(Diagnostic {
-                    object: object.clone(),
-                    message: "certificate has expired; still served".into(),
-                });
-            }
-            match &a.wildcard_domain {
-                Some(d) => wildcard_certs.insert(intern(d), ck),
-                None => cert_map.insert(intern(&a.host), ck),
-            };
-        }
-        let up_tls = match (&parts, a.termination, &r.spec.tls) {
-            (Parts::Reused(e), ..) => e.upstream_tls.clone(),
-            (Parts::Built(_), Some(Termination::Reencrypt), Some(t)) => {
-                let (u, warning) = upstream_tls.for_route(t, ns, &r.spec.to.name);
-                if let Some(message) = warning {
-                    diagnostics.push(Diagnostic {
-                        object: object.clone(),
-                        message,
-                    });
-                }
-                u
-            }
-            _ => None,
-        };
-        let entry = match parts {
-            Parts::Reused(e) => e.clone(),
-            Parts::Built(b) => {
-                let clean = diagnostics.len() == diagnostics_before;
-                Arc::new(RouteEntry {
-                    stats: cfg.stats.get(ns, &r.metadata.name),
-                    upstream_tls: up_tls,
-                    namespace: Arc::from(ns),
-                    name: Arc::from(r.metadata.name.as_str()),
-                    host: intern(&a.host),
-                    path: a.path.clone().into_boxed_str(),
-                    path_exact: a.path_exact,
-                    termination: a.termination,
-                    insecure: a.insecure,
-                    settings: b.settings,
-                    targets,
-                    backends: Arc::new(b.backends),
-                    source: clean.then(|| r.clone()),
-                })
-            }
-        };
-        match href {
-            HostRef::Exact(_) => exact.entry(key).or_default().push(entry),
-            HostRef::Wildcard(_) => wildcard.entry(key).or_default().push(entry),
-        }
+        b.add(a, &mut statuses);
     }
-
+    let Builder {
+        cert_map,
+        wildcard_certs,
+        exact,
+        wildcard,
+        by_service,
+        diagnostics,
+        ..
+    } = b;
     certs.finish();
     let table = RoutingTable {
         generation,
@@ -328,15 +204,197 @@ pub fn compile_reusing(
             .into_iter()
             .map(|(k, v)| (k, host_routes(v)))
             .collect(),
-        statuses: Arc::new(statuses),
+        statuses: Arc::new(statuses.into_iter().map(Arc::new).collect()),
         by_service: Arc::new(
             by_service
                 .into_iter()
-                .map(|(k, v)| (k, v.into_iter().collect()))
+                .map(|(k, v)| (Arc::new(k), v.into_iter().collect()))
                 .collect(),
         ),
     };
     Compiled { table, diagnostics }
+}
+
+/// (namespace, name) → a previous table's entry of that route and whether
+/// it was a wildcard route: the entries a compile may reuse.
+type Reusable<'t> = FxHashMap<(&'t str, &'t str), (&'t Arc<RouteEntry>, bool)>;
+
+/// The reusable entries of some host entries (`true`: wildcard): those of
+/// routes built without problems.
+fn reusable<'t>(hosts: impl Iterator<Item = (&'t Arc<HostRoutes>, bool)>) -> Reusable<'t> {
+    hosts
+        .flat_map(|(h, w)| h.routes.iter().map(move |r| (r, w)))
+        .filter(|(r, _)| r.source.is_some())
+        .map(|(r, w)| ((&*r.namespace, &*r.name), (r, w)))
+        .collect()
+}
+
+/// The entries of admitted routes, by host, with their certificates and
+/// the services they send to: what one compile adds to a table.
+struct Builder<'a> {
+    objs: &'a Objects,
+    cfg: &'a CompileConfig,
+    certs: &'a tls::CertPass<'a>,
+    slices: SliceIndex<'a>,
+    upstream_tls: tls::UpstreamTlsBuilder<'a>,
+    reuse: Reusable<'a>,
+    cert_map: FxHashMap<Arc<str>, Arc<crate::table::CertifiedKey>>,
+    wildcard_certs: FxHashMap<Arc<str>, Arc<crate::table::CertifiedKey>>,
+    exact: FxHashMap<Arc<str>, Vec<Arc<RouteEntry>>>,
+    wildcard: FxHashMap<Arc<str>, Vec<Arc<RouteEntry>>>,
+    by_service: FxHashMap<Key, BTreeSet<HostRef>>,
+    /// Hosts repeat across routes; one allocation per host.
+    interned: FxHashMap<String, Arc<str>>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(
+        objs: &'a Objects,
+        cfg: &'a CompileConfig,
+        certs: &'a tls::CertPass<'a>,
+        reuse: Reusable<'a>,
+    ) -> Self {
+        Builder {
+            objs,
+            cfg,
+            certs,
+            slices: SliceIndex::new(objs),
+            upstream_tls: tls::UpstreamTlsBuilder::new(&cfg.destination_trust),
+            reuse,
+            cert_map: FxHashMap::default(),
+            wildcard_certs: FxHashMap::default(),
+            exact: FxHashMap::default(),
+            wildcard: FxHashMap::default(),
+            by_service: FxHashMap::default(),
+            interned: FxHashMap::default(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.interned.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interned.insert(s.to_owned(), a.clone());
+        a
+    }
+
+    /// Add one admitted route: the previous table's entry when the route
+    /// and its admission are unchanged, else one built now (problems noted
+    /// on its status row in `statuses`).
+    fn add(&mut self, a: &Admitted, statuses: &mut [admission::RouteStatus]) {
+        let r = &a.route;
+        let ns = r.metadata.ns();
+        let previous = self
+            .reuse
+            .get(&(ns, r.metadata.name.as_str()))
+            .filter(|(e, wild)| {
+                *wild == a.wildcard_domain.is_some()
+                    && e.source
+                        .as_ref()
+                        .is_some_and(|src| Arc::ptr_eq(src, r) || **src == **r)
+                    && *e.host == *a.host
+                    && *e.path == *a.path
+                    && e.path_exact == a.path_exact
+                    && e.termination == a.termination
+                    && e.insecure == a.insecure
+            })
+            .map(|(e, _)| *e);
+        let diagnostics_before = self.diagnostics.len();
+        let object = format!("Route {ns}/{}", r.metadata.name);
+        let parts = match previous {
+            Some(e) => Parts::Reused(e),
+            None => Parts::Built(route_parts(
+                a,
+                self.objs,
+                &self.slices,
+                self.cfg,
+                &object,
+                statuses,
+                &mut self.diagnostics,
+            )),
+        };
+        let targets = match &parts {
+            Parts::Reused(e) => e.targets.clone(),
+            Parts::Built(b) => b.targets.clone(),
+        };
+        let (key, href) = match &a.wildcard_domain {
+            Some(d) => {
+                let k = self.intern(d);
+                (k.clone(), HostRef::Wildcard(k))
+            }
+            None => {
+                let k = self.intern(&a.host);
+                (k.clone(), HostRef::Exact(k))
+            }
+        };
+        for t in targets.iter() {
+            self.by_service
+                .entry(t.service.clone())
+                .or_default()
+                .insert(href.clone());
+        }
+        let terminates = matches!(
+            a.termination,
+            Some(Termination::Edge | Termination::Reencrypt)
+        );
+        if let Some(ck) = self.certs.cert_of(r).filter(|_| terminates) {
+            if crate::tls::certs::seconds_left(&ck).is_some_and(|s| s < 0) {
+                self.diagnostics.push(Diagnostic {
+                    object: object.clone(),
+                    message: "certificate has expired; still served".into(),
+                });
+            }
+            match &a.wildcard_domain {
+                Some(d) => {
+                    let d = self.intern(d);
+                    self.wildcard_certs.insert(d, ck)
+                }
+                None => self.cert_map.insert(key.clone(), ck),
+            };
+        }
+        let up_tls = match (&parts, a.termination, &r.spec.tls) {
+            (Parts::Reused(e), ..) => e.upstream_tls.clone(),
+            (Parts::Built(_), Some(Termination::Reencrypt), Some(t)) => {
+                let (u, warning) = self.upstream_tls.for_route(t, ns, &r.spec.to.name);
+                if let Some(message) = warning {
+                    self.diagnostics.push(Diagnostic {
+                        object: object.clone(),
+                        message,
+                    });
+                }
+                u
+            }
+            _ => None,
+        };
+        let entry = match parts {
+            Parts::Reused(e) => e.clone(),
+            Parts::Built(b) => {
+                let clean = self.diagnostics.len() == diagnostics_before;
+                Arc::new(RouteEntry {
+                    stats: self.cfg.stats.get(ns, &r.metadata.name),
+                    upstream_tls: up_tls,
+                    namespace: Arc::from(ns),
+                    name: Arc::from(r.metadata.name.as_str()),
+                    host: self.intern(&a.host),
+                    path: a.path.clone().into_boxed_str(),
+                    path_exact: a.path_exact,
+                    termination: a.termination,
+                    insecure: a.insecure,
+                    settings: b.settings,
+                    targets,
+                    backends: Arc::new(b.backends),
+                    source: clean.then(|| r.clone()),
+                })
+            }
+        };
+        match href {
+            HostRef::Exact(_) => self.exact.entry(key).or_default().push(entry),
+            HostRef::Wildcard(_) => self.wildcard.entry(key).or_default().push(entry),
+        }
+    }
 }
 
 /// A route's entry this compile: the previous table's, or built anew.
@@ -422,7 +480,7 @@ pub fn update_endpoints(
     let hosts: BTreeSet<&HostRef> = services
         .iter()
         .filter_map(|s| prev.by_service.get(s))
-        .flatten()
+        .flat_map(|refs| refs.iter())
         .collect();
     for href in hosts {
         let (map, key) = match href {

@@ -364,3 +364,264 @@ fn route_only_changes_reuse_unchanged_entries_and_match_a_full_compile() {
     let c = objs(&changed.replace("targetPort: 8080", "targetPort: 8081"));
     assert_eq!(c.change_from(&b), crate::model::store::Change::Full);
 }
+
+/// A route for the incremental-compile tests: every field that admission
+/// looks at can vary.
+struct Spec {
+    ns: &'static str,
+    name: String,
+    /// creationTimestamp second (age order); None: no timestamp.
+    age: Option<u32>,
+    host: &'static str,
+    path: &'static str,
+    tls: &'static str,
+    to: &'static str,
+}
+
+impl Spec {
+    fn yaml(&self) -> String {
+        let ts = self
+            .age
+            .map(|s| format!(", creationTimestamp: \"2024-01-01T00:00:{s:02}Z\""))
+            .unwrap_or_default();
+        let host = if self.host.is_empty() {
+            String::new()
+        } else {
+            format!("  host: {}\n", self.host)
+        };
+        let tls = if self.tls.is_empty() {
+            String::new()
+        } else {
+            format!("  tls: {{termination: {}}}\n", self.tls)
+        };
+        format!(
+            "---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: {}, namespace: {}{ts}}}\nspec:\n{host}  path: {:?}\n{tls}  to: {{kind: Service, name: {}}}\n",
+            self.name, self.ns, self.path, self.to
+        )
+    }
+}
+
+const NS_SVCS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: a}
+spec: {ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: a}
+subsets: [{addresses: [{ip: 10.0.0.1}], ports: [{port: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: b}
+spec: {ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: b}
+subsets: [{addresses: [{ip: 10.0.0.2}], ports: [{port: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: a}
+spec: {ports: [{port: 80, targetPort: 9090}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: api, namespace: a}
+subsets: [{addresses: [{ip: 10.0.0.3}], ports: [{port: 9090}]}]
+"#;
+
+/// What a table serves, comparable: host → (namespace/name path
+/// termination, endpoints) in lookup order; certificate hosts; the service
+/// index.
+fn served(t: &RoutingTable) -> impl PartialEq + std::fmt::Debug {
+    let mut hosts: Vec<(String, Vec<String>)> = t
+        .exact
+        .iter()
+        .map(|(h, r)| {
+            let routes = r
+                .routes
+                .iter()
+                .map(|e| {
+                    let eps: Vec<String> = e
+                        .backends
+                        .groups
+                        .iter()
+                        .flat_map(|g| g.endpoints.iter().map(|x| x.to_string()))
+                        .collect();
+                    format!(
+                        "{}/{} {:?} {:?} {eps:?}",
+                        e.namespace, e.name, e.path, e.termination
+                    )
+                })
+                .collect();
+            (h.to_string(), routes)
+        })
+        .collect();
+    hosts.sort();
+    let mut certs: Vec<String> = t.certs.keys().map(|k| k.to_string()).collect();
+    certs.sort();
+    let mut index: Vec<(Key, Vec<HostRef>)> = t
+        .by_service
+        .iter()
+        .map(|(k, v)| (Key::clone(k), v.to_vec()))
+        .collect();
+    index.sort();
+    (hosts, certs, index, t.wildcard.len())
+}
+
+#[test]
+fn changed_routes_rebuild_their_hosts_as_a_full_compile_would() {
+    // A small xorshift: the same sequence on every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    const HOSTS: [&str; 6] = [
+        "h0.example.com",
+        "H1.example.com",
+        "h1.example.com:80",
+        "h2.example.com",
+        "bad_host!",
+        "",
+    ];
+    const PATHS: [&str; 4] = ["", "/x", "/y", "/x"];
+    const TLS: [&str; 4] = ["", "edge", "passthrough", "reencrypt"];
+    const NS: [&str; 2] = ["a", "b"];
+    const TO: [&str; 3] = ["web", "api", "missing"];
+    let pick = |i: usize, next: &mut dyn FnMut(usize) -> usize| Spec {
+        ns: NS[next(NS.len())],
+        name: format!("r{i}"),
+        age: (next(5) > 0).then(|| next(60) as u32),
+        host: HOSTS[next(HOSTS.len())],
+        path: PATHS[next(PATHS.len())],
+        tls: TLS[next(TLS.len())],
+        to: TO[next(TO.len())],
+    };
+    let mut routes: Vec<Option<Spec>> = (0..24).map(|i| Some(pick(i, &mut next))).collect();
+    let build = |routes: &[Option<Spec>]| {
+        let text: String = routes.iter().flatten().map(Spec::yaml).collect();
+        objs(&format!("{NS_SVCS}{text}"))
+    };
+    let cfg = CompileConfig {
+        admission: AdmissionPolicy {
+            route_subdomain: Some("apps.test".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut prev_objs = build(&routes);
+    let mut prev = compile(&prev_objs, &cfg, 1).table;
+    let (mut incremental, mut steps) = (0, 0);
+    let mut reasons = std::collections::HashSet::new();
+    for generation in 2..300 {
+        // One to three routes change, appear or go.
+        for _ in 0..1 + next(3) {
+            let i = next(routes.len() + 2);
+            if i >= routes.len() {
+                let n = routes.len();
+                routes.push(Some(pick(n, &mut next)));
+            } else if next(4) == 0 {
+                routes[i] = None;
+            } else {
+                let mut s = pick(i, &mut next);
+                if let (Some(old), true) = (&routes[i], next(2) == 0) {
+                    // Often only one field moves.
+                    s = Spec {
+                        ns: old.ns,
+                        name: old.name.clone(),
+                        age: old.age,
+                        host: old.host,
+                        tls: old.tls,
+                        to: old.to,
+                        path: s.path,
+                    };
+                }
+                routes[i] = Some(s);
+            }
+        }
+        let objs = build(&routes);
+        if objs.change_from(&prev_objs) != crate::model::store::Change::RoutesOnly {
+            continue;
+        }
+        steps += 1;
+        let full = compile(&objs, &cfg, generation);
+        reasons.extend(full.table.statuses.iter().filter_map(|s| s.reason));
+        let next_table = match compile_changed_routes(&prev_objs, &objs, &cfg, generation, &prev) {
+            Some(inc) => {
+                incremental += 1;
+                inc.table.check_invariants();
+                assert_eq!(
+                    *inc.table.statuses, *full.table.statuses,
+                    "statuses at generation {generation}"
+                );
+                assert_eq!(
+                    served(&inc.table),
+                    served(&full.table),
+                    "table at generation {generation}"
+                );
+                for d in &inc.diagnostics {
+                    assert!(full.diagnostics.contains(d), "{d:?}");
+                }
+                inc.table
+            }
+            None => full.table,
+        };
+        // The next change starts from the incremental table, as in the
+        // compile loop.
+        prev = next_table;
+        prev_objs = objs;
+    }
+    assert!(steps > 200, "{steps} routes-only steps");
+    // The sequence did meet each way a route is turned away.
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        incremental * 10 > steps * 9,
+        "{incremental} of {steps} changes compiled incrementally"
+    );
+}
+
+#[test]
+fn changed_routes_decline_what_they_cannot_scope() {
+    let cfg = CompileConfig::default();
+    let base = format!("{SVC}{}", route("a", "a.example.com", "", ""));
+    let a = objs(&base);
+    let t = compile(&a, &cfg, 1).table;
+    // Nothing changed.
+    assert!(compile_changed_routes(&a, &a, &cfg, 2, &t).is_none());
+    // Ingresses in the table.
+    let ing = "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: i}\nspec:\n  rules:\n  - host: i.example.com\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}\n";
+    let b = objs(&format!("{base}{ing}"));
+    let c = objs(&format!(
+        "{base}{ing}{}",
+        route("b", "b.example.com", "", "")
+    ));
+    let tb = compile(&b, &cfg, 2).table;
+    assert!(compile_changed_routes(&b, &c, &cfg, 3, &tb).is_none());
+    // Wildcard routes allowed and present.
+    let wild_cfg = CompileConfig {
+        admission: AdmissionPolicy {
+            allow_wildcard_routes: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let w = objs(&format!(
+        "{base}---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: w}}\nspec: {{host: w.example.com, wildcardPolicy: Subdomain, to: {{name: web}}}}\n"
+    ));
+    let w2 = objs(&format!(
+        "{base}---\napiVersion: route.openshift.io/v1\nkind: Route\nmetadata: {{name: w}}\nspec: {{host: w.example.com, wildcardPolicy: Subdomain, to: {{name: web}}}}\n{}",
+        route("c", "c.example.com", "", "")
+    ));
+    let tw = compile(&w, &wild_cfg, 2).table;
+    assert!(compile_changed_routes(&w, &w2, &wild_cfg, 3, &tw).is_none());
+    // The same change without the wildcard permission is scoped.
+    let tw = compile(&w, &cfg, 2).table;
+    let inc = compile_changed_routes(&w, &w2, &cfg, 3, &tw).expect("scoped");
+    assert_eq!(*inc.table.statuses, *compile(&w2, &cfg, 3).table.statuses);
+}

@@ -105,6 +105,15 @@ impl<'a> CertPass<'a> {
             *m = self.used.into_inner();
         }
     }
+
+    /// Add what this compile used to the cache and keep the rest: a compile
+    /// of a few hosts sees only their routes' certificates. The next full
+    /// compile drops what no route uses any more.
+    pub(super) fn finish_partial(self) {
+        if let Ok(mut m) = self.cache.map.lock() {
+            m.extend(self.used.into_inner());
+        }
+    }
 }
 
 fn route_id(r: &Arc<Route>) -> usize {
@@ -146,10 +155,11 @@ pub enum DestinationTrust {
     InsecureSkipVerify,
 }
 
-/// Client configs by destination CA text, built once per compile.
+/// Client configs by destination CA text, built once per compile, each
+/// with the warning every route using it gets.
 pub(super) struct UpstreamTlsBuilder<'a> {
     default: &'a DestinationTrust,
-    by_ca: HashMap<String, Arc<ClientConfig>>,
+    by_ca: HashMap<String, (Arc<ClientConfig>, Option<String>)>,
 }
 
 impl<'a> UpstreamTlsBuilder<'a> {
@@ -173,10 +183,10 @@ impl<'a> UpstreamTlsBuilder<'a> {
             .as_deref()
             .filter(|c| !c.trim().is_empty());
         let key = ca.unwrap_or("").to_owned();
-        let mut warning = None;
-        let config = match self.by_ca.get(&key) {
+        let (config, warning) = match self.by_ca.get(&key) {
             Some(c) => c.clone(),
             None => {
+                let mut warning = None;
                 let cfg = match (ca, self.default) {
                     (Some(pem), _) => match certs::root_store(pem) {
                         Ok(roots) => client_config(Arc::new(roots)),
@@ -191,8 +201,8 @@ impl<'a> UpstreamTlsBuilder<'a> {
                         client_config(Arc::new(RootCertStore::empty()))
                     }
                 };
-                self.by_ca.insert(key, cfg.clone());
-                cfg
+                self.by_ca.insert(key, (cfg.clone(), warning.clone()));
+                (cfg, warning)
             }
         };
         let name = format!("{service}.{ns}.svc");

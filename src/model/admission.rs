@@ -179,9 +179,18 @@ pub fn admit_with(
     out
 }
 
+/// The host (lowercase, no port) a candidate would claim if admitted, or
+/// None when it fails the checks that come before claims (an invalid or
+/// missing host, a denied domain, a bad TLS setting): such a route claims
+/// nothing.
+pub fn claimed_host(c: &Candidate, policy: &AdmissionPolicy) -> Option<String> {
+    validate(c, policy).ok().map(|a| a.host)
+}
+
 /// creationTimestamp, then uid, then namespace/name. Objects without a
-/// timestamp (hand-written manifests) count as newest.
-fn age_key(r: &Route) -> (&str, &str, &str, &str) {
+/// timestamp (hand-written manifests) count as newest. Admission takes
+/// candidates in this order; statuses are listed in it.
+pub fn age_key(r: &Route) -> (&str, &str, &str, &str) {
     let m = &r.metadata;
     (
         m.creation_timestamp.as_deref().unwrap_or("~"),

@@ -192,7 +192,7 @@ impl Objects {
 
 /// Calls `f` for every key present in one map only or with differing values.
 /// One merge walk over both sorted maps; unchanged values compare by pointer.
-fn diff_keys<T: PartialEq>(a: &Kind<T>, b: &Kind<T>, mut f: impl FnMut(&Key)) {
+pub(crate) fn diff_keys<T: PartialEq>(a: &Kind<T>, b: &Kind<T>, mut f: impl FnMut(&Key)) {
     use std::cmp::Ordering;
     let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     loop {

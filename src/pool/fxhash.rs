@@ -68,3 +68,6 @@ pub type Build = BuildHasherDefault<FxHasher>;
 /// A `HashMap` with the Fx hash: for maps keyed by the cluster's objects
 /// (hosts, services, endpoints), never by what clients choose.
 pub type FxHashMap<K, V> = std::collections::HashMap<K, V, Build>;
+
+/// A `HashSet` with the Fx hash, on the same terms as [`FxHashMap`].
+pub type FxHashSet<T> = std::collections::HashSet<T, Build>;

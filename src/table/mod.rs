@@ -67,10 +67,14 @@ pub struct RoutingTable {
     /// `*.example.com`).
     pub(crate) wildcard: FxHashMap<Arc<str>, Arc<HostRoutes>>,
     /// One row per candidate route, admitted or not, for `/api/routes`.
-    pub statuses: Arc<Vec<RouteStatus>>,
+    /// Rows are shared between tables: a change to a few routes copies
+    /// pointers, not every row.
+    pub statuses: Arc<Vec<Arc<RouteStatus>>>,
     /// service → the host entries whose routes send to it, so an
     /// endpoint-only change rebuilds just those.
-    pub(crate) by_service: Arc<FxHashMap<Key, Vec<HostRef>>>,
+    /// Keys and lists are shared, so a copy of the index for a change to a
+    /// few hosts copies pointers.
+    pub(crate) by_service: Arc<FxHashMap<Arc<Key>, Arc<[HostRef]>>>,
     /// Serving certificates by exact host (route or Ingress TLS).
     pub(crate) certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
     /// Serving certificates of Subdomain routes, by the domain they cover.

@@ -160,7 +160,8 @@ pub fn tls_refused(r: TlsRefusal) {
 #[derive(Debug)]
 pub struct TableStats {
     /// Compiles by kind: 0 full, 1 endpoints-only.
-    pub compiles: [AtomicU64; 2],
+    /// By kind: full, endpoints only, the changed routes' hosts only.
+    pub compiles: [AtomicU64; 3],
     pub compile_seconds: std::sync::OnceLock<Histogram>,
     /// Microseconds the last compile took.
     pub last_compile_us: AtomicU64,
@@ -173,7 +174,7 @@ pub struct TableStats {
 }
 
 pub static TABLE: TableStats = TableStats {
-    compiles: [AtomicU64::new(0), AtomicU64::new(0)],
+    compiles: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
     compile_seconds: std::sync::OnceLock::new(),
     last_compile_us: AtomicU64::new(0),
     last_swap_ms: AtomicU64::new(0),
@@ -187,8 +188,14 @@ impl TableStats {
             .get_or_init(|| Histogram::new(COMPILE_BUCKETS))
     }
 
-    pub fn record(&self, full: bool, took: std::time::Duration) {
-        self.compiles[usize::from(!full)].fetch_add(1, Ordering::Relaxed);
+    /// One compile of `kind` ("full", "endpoints" or "routes") published.
+    pub fn record(&self, kind: &str, took: std::time::Duration) {
+        let i = match kind {
+            "full" => 0,
+            "endpoints" => 1,
+            _ => 2,
+        };
+        self.compiles[i].fetch_add(1, Ordering::Relaxed);
         self.compile_histogram().observe(took);
         self.last_compile_us
             .store(took.as_micros() as u64, Ordering::Relaxed);

@@ -1,0 +1,214 @@
+//! A routes-only change that touches a few hosts: admit and build just the
+//! routes of those hosts again; everything else is the previous table's.
+//!
+//! Why that gives what a full compile would: admission's claims interact
+//! only between routes of the same host (the host's namespace, its paths,
+//! passthrough against TLS paths), except for wildcard routes, which also
+//! claim against the exact hosts of their domain. With no wildcard route in
+//! play, the routes claiming the changed routes' old or new hosts are a
+//! closed set: admitting them alone gives each the outcome it gets among
+//! all. Every other route keeps its entry, certificate and status row.
+//!
+//! When that argument does not hold cheaply (wildcard routes allowed and
+//! present, Ingresses in the table, many routes changed) this declines and
+//! the caller compiles in full.
+
+use super::*;
+use crate::model::admission::{age_key, claimed_host, RouteStatus};
+use crate::model::{host, Route};
+use crate::pool::fxhash::FxHashSet;
+use std::collections::HashSet;
+
+/// More changed routes than this in one change: a full compile.
+const MAX_CHANGED: usize = 64;
+
+/// The table after a routes-only change from `prev_objs` (which `prev` was
+/// compiled from) to `objs`, rebuilding only the hosts the changed routes
+/// claimed or claim; None when this change needs a full compile.
+pub fn compile_changed_routes(
+    prev_objs: &Objects,
+    objs: &Objects,
+    cfg: &CompileConfig,
+    generation: u64,
+    prev: &RoutingTable,
+) -> Option<Compiled> {
+    // Ingress-derived candidates are rebuilt on every compile and can tie
+    // with routes in admission order: leave them to the full compile.
+    if !objs.ingresses.is_empty() || !prev_objs.ingresses.is_empty() {
+        return None;
+    }
+    let mut changed: Vec<Key> = Vec::new();
+    crate::model::store::diff_keys(&objs.routes, &prev_objs.routes, |k| changed.push(k.clone()));
+    if changed.is_empty() || changed.len() > MAX_CHANGED {
+        return None;
+    }
+    let policy = &cfg.admission;
+    let subdomain = |r: &Route| r.spec.wildcard_policy.as_deref() == Some("Subdomain");
+    if policy.allow_wildcard_routes
+        && (objs.routes.values().any(|r| subdomain(r))
+            || changed
+                .iter()
+                .filter_map(|k| prev_objs.routes.get(k))
+                .any(|r| subdomain(r)))
+    {
+        return None;
+    }
+    let shard = |r: &Route| in_shard(objs, &cfg.shard, &r.metadata);
+
+    // The hosts the changed routes claimed before and claim now.
+    let mut hosts: Vec<String> = Vec::new();
+    for k in &changed {
+        for r in [prev_objs.routes.get(k), objs.routes.get(k)]
+            .into_iter()
+            .flatten()
+        {
+            if !shard(r) {
+                continue;
+            }
+            if let Some(h) = claimed_host(&Candidate::of(r.clone()), policy) {
+                if !hosts.contains(&h) {
+                    hosts.push(h);
+                }
+            }
+        }
+    }
+    // Every route that claims one of them, and the changed routes (which
+    // may claim none but have a status row).
+    let may_claim = |r: &Route| match r.spec.host.as_deref().map(host::strip) {
+        Some(h) if !h.is_empty() => hosts.iter().any(|a| a.eq_ignore_ascii_case(h)),
+        // A generated host: only admission knows it.
+        _ => policy.route_subdomain.is_some(),
+    };
+    let subset: Vec<Candidate> = objs
+        .routes
+        .iter()
+        .filter(|(k, r)| {
+            let is_changed = changed.binary_search(k).is_ok();
+            let claims = || {
+                may_claim(r)
+                    && claimed_host(&Candidate::of((*r).clone()), policy)
+                        .is_some_and(|h| hosts.contains(&h))
+            };
+            shard(r) && (is_changed || claims())
+        })
+        .map(|(_, r)| Candidate::of(r.clone()))
+        .collect();
+
+    let certs = tls::CertPass::new(&cfg.cert_cache);
+    let Admission {
+        admitted,
+        mut statuses,
+    } = admission::admit_with(&subset, policy, &|c| certs.validate(c));
+    let reuse = reusable(
+        hosts
+            .iter()
+            .filter_map(|h| prev.exact.get(h.as_str()))
+            .map(|h| (h, false)),
+    );
+    let mut b = Builder::new(objs, cfg, &certs, reuse);
+    for a in &admitted {
+        b.add(a, &mut statuses);
+    }
+    if !b.wildcard.is_empty() {
+        // Not reachable with no Subdomain route allowed; never guess.
+        return None;
+    }
+    let Builder {
+        cert_map,
+        exact,
+        by_service,
+        diagnostics,
+        ..
+    } = b;
+    certs.finish_partial();
+
+    let mut table = RoutingTable {
+        generation,
+        ..prev.clone()
+    };
+    // Out with the affected hosts' entries, certificates and service links.
+    let mut services: HashSet<&Key> = HashSet::new();
+    let mut old_entries = Vec::new();
+    for h in &hosts {
+        if let Some(old) = table.exact.remove(h.as_str()) {
+            old_entries.push(old);
+        }
+        table.certs.remove(h.as_str());
+    }
+    for e in old_entries.iter().flat_map(|h| h.routes.iter()) {
+        services.extend(e.targets.iter().map(|t| &t.service));
+    }
+    let mut index = (*prev.by_service).clone();
+    let affected = |r: &HostRef| matches!(r, HostRef::Exact(k) if hosts.iter().any(|h| **h == **k));
+    for s in services {
+        if let Some(refs) = index.get_mut(s) {
+            let kept: Arc<[HostRef]> = refs.iter().filter(|r| !affected(r)).cloned().collect();
+            if kept.is_empty() {
+                index.remove(s);
+            } else {
+                *refs = kept;
+            }
+        }
+    }
+    // In with the rebuilt ones.
+    for (s, refs) in by_service {
+        let v = index.entry(Arc::new(s)).or_insert_with(|| Arc::from([]));
+        let mut all: Vec<HostRef> = v.iter().cloned().chain(refs).collect();
+        all.sort();
+        all.dedup();
+        *v = all.into();
+    }
+    table.by_service = Arc::new(index);
+    table
+        .exact
+        .extend(exact.into_iter().map(|(k, v)| (k, host_routes(v))));
+    table.certs.extend(cert_map);
+
+    // Status rows: the previous ones but the subset's and the changed
+    // routes', then the subset's new rows in age order.
+    let gone: FxHashSet<(&str, &str)> = changed
+        .iter()
+        .map(|(ns, n)| (ns.as_str(), n.as_str()))
+        .chain(
+            subset
+                .iter()
+                .map(|c| (c.route.metadata.ns(), c.route.metadata.name.as_str())),
+        )
+        .collect();
+    let mut rows: Vec<Arc<RouteStatus>> = prev
+        .statuses
+        .iter()
+        .filter(|s| s.ingress.is_some() || !gone.contains(&(s.namespace.as_str(), s.name.as_str())))
+        .cloned()
+        .collect();
+    let age_of = |s: &RouteStatus| {
+        objs.routes
+            .get(&(s.namespace.clone(), s.name.clone()))
+            .map(|r| age_key(r))
+    };
+    // `admit_with` listed the subset in age order: the same sort here
+    // pairs each new row with its key.
+    let mut order: Vec<&Candidate> = subset.iter().collect();
+    order.sort_by(|a, b| age_key(&a.route).cmp(&age_key(&b.route)));
+    let mut at = 0;
+    for (row, c) in statuses.into_iter().zip(order) {
+        let key = age_key(&c.route);
+        let mut missing = false;
+        at += rows[at..].partition_point(|s| match age_of(s) {
+            Some(k) => k < key,
+            None => {
+                missing = true;
+                false
+            }
+        });
+        if missing {
+            // A retained row with no route: the previous table was not
+            // compiled from `prev_objs`.
+            return None;
+        }
+        rows.insert(at, Arc::new(row));
+        at += 1;
+    }
+    table.statuses = Arc::new(rows);
+    Some(Compiled { table, diagnostics })
+}
