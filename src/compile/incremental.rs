@@ -42,6 +42,7 @@ pub fn compile_changed_routes(
     if changed.is_empty() || changed.len() > MAX_CHANGED {
         return None;
     }
+    changed.sort();
     let policy = &cfg.admission;
     let subdomain = |r: &Route| r.spec.wildcard_policy.as_deref() == Some("Subdomain");
     if policy.allow_wildcard_routes

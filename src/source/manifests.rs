@@ -152,8 +152,8 @@ impl ManifestsDir {
 /// when `from` is the later file (`later`), else only where `into` has none.
 fn merge(into: &mut Objects, from: &Objects, later: bool) {
     fn kind<K: Ord + Clone, V: Clone>(
-        into: &mut BTreeMap<K, V>,
-        from: &BTreeMap<K, V>,
+        into: &mut imbl::OrdMap<K, V>,
+        from: &imbl::OrdMap<K, V>,
         later: bool,
     ) {
         for (k, v) in from {
