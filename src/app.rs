@@ -347,7 +347,12 @@ async fn compile_loop(
                 continue;
             }
         };
-        // Log each problem once, not on every recompile.
+        // Log each problem once, not on every recompile; a changed route's
+        // problems again.
+        if !compiled.renewed.is_empty() {
+            let renewed: HashSet<&str> = compiled.renewed.iter().map(String::as_str).collect();
+            logged.retain(|d| !renewed.contains(d.object.as_str()));
+        }
         let now: HashSet<_> = compiled.diagnostics.iter().cloned().collect();
         for d in now.difference(&logged) {
             if d.message.contains("cloud metadata address; dropped") {

@@ -10,8 +10,13 @@
 //! all. Every other route keeps its entry, certificate and status row.
 //!
 //! When that argument does not hold cheaply (wildcard routes allowed and
-//! present, Ingresses in the table, many routes changed) this declines and
-//! the caller compiles in full.
+//! present, Ingresses this router serves, many routes changed) this
+//! declines and the caller compiles in full; so it does when the
+//! certificate cache has grown well past the table (only a full compile
+//! drops certificates no route uses).
+//!
+//! Precondition: `prev` is the table compiled from `prev_objs` (by any
+//! compile, scoped ones included), as the compile loop keeps them.
 
 use super::*;
 use crate::model::admission::{age_key, claimed_host, RouteStatus};
@@ -34,7 +39,13 @@ pub fn compile_changed_routes(
 ) -> Option<Compiled> {
     // Ingress-derived candidates are rebuilt on every compile and can tie
     // with routes in admission order: leave them to the full compile.
-    if !objs.ingresses.is_empty() || !prev_objs.ingresses.is_empty() {
+    let ours = |o: &Objects| {
+        !o.ingresses.is_empty() && !ingress::candidates(o, &cfg.ingress_controller).is_empty()
+    };
+    if ours(objs) || ours(prev_objs) {
+        return None;
+    }
+    if cfg.cert_cache.len() > 2 * prev.statuses.len() + 64 {
         return None;
     }
     let mut changed: Vec<Key> = Vec::new();
@@ -90,7 +101,7 @@ pub fn compile_changed_routes(
                     && claimed_host(&Candidate::of((*r).clone()), policy)
                         .is_some_and(|h| hosts.contains(&h))
             };
-            shard(r) && (is_changed || claims())
+            (is_changed || claims()) && shard(r)
         })
         .map(|(_, r)| Candidate::of(r.clone()))
         .collect();
@@ -182,6 +193,8 @@ pub fn compile_changed_routes(
         .filter(|s| s.ingress.is_some() || !gone.contains(&(s.namespace.as_str(), s.name.as_str())))
         .cloned()
         .collect();
+    // Every kept row is an unchanged route's (the precondition); a row
+    // without one would sort first rather than panic.
     let age_of = |s: &RouteStatus| {
         objs.routes
             .get(&(s.namespace.clone(), s.name.clone()))
@@ -193,23 +206,18 @@ pub fn compile_changed_routes(
     order.sort_by(|a, b| age_key(&a.route).cmp(&age_key(&b.route)));
     let mut at = 0;
     for (row, c) in statuses.into_iter().zip(order) {
-        let key = age_key(&c.route);
-        let mut missing = false;
-        at += rows[at..].partition_point(|s| match age_of(s) {
-            Some(k) => k < key,
-            None => {
-                missing = true;
-                false
-            }
-        });
-        if missing {
-            // A retained row with no route: the previous table was not
-            // compiled from `prev_objs`.
-            return None;
-        }
+        let key = Some(age_key(&c.route));
+        at += rows[at..].partition_point(|s| age_of(s) < key);
         rows.insert(at, Arc::new(row));
         at += 1;
     }
     table.statuses = Arc::new(rows);
-    Some(Compiled { table, diagnostics })
+    Some(Compiled {
+        table,
+        diagnostics,
+        renewed: changed
+            .iter()
+            .map(|(ns, name)| format!("Route {ns}/{name}"))
+            .collect(),
+    })
 }

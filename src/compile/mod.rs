@@ -97,6 +97,10 @@ pub struct Diagnostic {
 pub struct Compiled {
     pub table: RoutingTable,
     pub diagnostics: Vec<Diagnostic>,
+    /// Objects (`Kind namespace/name`) whose problems this compile states
+    /// afresh while the rest of the table was kept: the changed routes of
+    /// a scoped compile. Problems logged for them earlier no longer stand.
+    pub renewed: Vec<String>,
 }
 
 const ANN_TIMEOUT: &str = "haproxy.router.openshift.io/timeout";
@@ -212,7 +216,11 @@ pub fn compile_reusing(
                 .collect(),
         ),
     };
-    Compiled { table, diagnostics }
+    Compiled {
+        table,
+        diagnostics,
+        renewed: Vec::new(),
+    }
 }
 
 /// (namespace, name) → a previous table's entry of that route and whether
@@ -513,7 +521,11 @@ pub fn update_endpoints(
             .collect();
         map.insert(key.clone(), Arc::new(HostRoutes { routes }));
     }
-    Compiled { table, diagnostics }
+    Compiled {
+        table,
+        diagnostics,
+        renewed: Vec::new(),
+    }
 }
 
 fn host_routes(mut v: Vec<Arc<RouteEntry>>) -> Arc<HostRoutes> {

@@ -21,6 +21,15 @@ pub struct CertCache {
 }
 
 impl CertCache {
+    /// Certificates held (parsed or refused).
+    pub fn len(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn key(tls: &RouteTls) -> String {
         let f = |s: &Option<String>| s.as_deref().unwrap_or("").to_owned();
         format!(

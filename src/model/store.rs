@@ -41,9 +41,10 @@ pub enum Change {
     None,
     /// Only Endpoints/EndpointSlices changed, for these services.
     EndpointsOnly(BTreeSet<Key>),
-    /// Only Routes and Ingresses changed: a full compile that may reuse
-    /// the previous table's entries of unchanged routes (every service,
-    /// endpoint, secret and namespace is as it was).
+    /// Only Routes and Ingresses changed (every service, endpoint, secret
+    /// and namespace is as it was): a compile scoped to the changed routes'
+    /// hosts, or a full one that may reuse the previous table's entries of
+    /// unchanged routes.
     RoutesOnly,
     /// Anything else: routes, services, ingresses, namespaces, secrets.
     Full,

@@ -159,8 +159,7 @@ pub fn tls_refused(r: TlsRefusal) {
 /// Table compiles and swaps.
 #[derive(Debug)]
 pub struct TableStats {
-    /// Compiles by kind: 0 full, 1 endpoints-only.
-    /// By kind: full, endpoints only, the changed routes' hosts only.
+    /// By kind: 0 full, 1 endpoints only, 2 the changed routes' hosts only.
     pub compiles: [AtomicU64; 3],
     pub compile_seconds: std::sync::OnceLock<Histogram>,
     /// Microseconds the last compile took.
@@ -191,9 +190,9 @@ impl TableStats {
     /// One compile of `kind` ("full", "endpoints" or "routes") published.
     pub fn record(&self, kind: &str, took: std::time::Duration) {
         let i = match kind {
-            "full" => 0,
             "endpoints" => 1,
-            _ => 2,
+            "routes" => 2,
+            _ => 0,
         };
         self.compiles[i].fetch_add(1, Ordering::Relaxed);
         self.compile_histogram().observe(took);
