@@ -279,6 +279,8 @@ async fn compile_loop(
     // OpenShift router reloads at most every 5 s). Small tables and
     // endpoint-only updates take a millisecond, so they barely wait.
     let mut next_allowed = tokio::time::Instant::now();
+    // Compiles and releases run in order on one control-plane thread.
+    let mut worker: Option<crate::priority::Worker> = None;
     loop {
         tokio::select! {
             r = objects.changed() => if r.is_err() { return },
@@ -301,39 +303,50 @@ async fn compile_loop(
         let started = Instant::now();
         let table = store.load_full();
         let (cfg2, cur2, prev2) = (cfg.clone(), current.clone(), prev.clone());
-        // On a thread of its own at a lower CPU priority: when the proxy
-        // is saturated, requests come first and the table change waits
-        // (nice 10 still gets ~10 % of a contended core).
+        // On the control-plane thread, at a lower CPU priority: when the
+        // proxy is saturated, requests come first and the table change
+        // waits (nice 10 still gets ~10 % of a contended core).
         let (done, compiled) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("compile".into())
-            .spawn(move || {
-                crate::priority::control_plane_thread();
-                let c = match (change, &prev2) {
-                    (Change::EndpointsOnly(services), _) => (
-                        compile::update_endpoints(&table, &cur2, &services, generation, &cfg2),
-                        "endpoints",
-                    ),
-                    // A few routes changed: rebuild their hosts only; else
-                    // everything, reusing unchanged routes' entries.
-                    (Change::RoutesOnly, Some(p)) => {
-                        match compile::compile_changed_routes(p, &cur2, &cfg2, generation, &table) {
-                            Some(c) => (c, "routes"),
-                            None => (
-                                compile::compile_reusing(&cur2, &cfg2, generation, Some(&table)),
-                                "full",
-                            ),
-                        }
+        if worker.is_none() {
+            worker = crate::priority::Worker::spawn("table-compile")
+                .map_err(
+                    |e| warn!(error = %e, "no control-plane thread; the next change tries again"),
+                )
+                .ok();
+        }
+        let job = move || {
+            let c = match (change, &prev2) {
+                (Change::EndpointsOnly(services), _) => (
+                    compile::update_endpoints(&table, &cur2, &services, generation, &cfg2),
+                    "endpoints",
+                ),
+                // A few routes changed: rebuild their hosts only; else
+                // everything, reusing unchanged routes' entries.
+                (Change::RoutesOnly, Some(p)) => {
+                    match compile::compile_changed_routes(p, &cur2, &cfg2, generation, &table) {
+                        Some(c) => (c, "routes"),
+                        None => (
+                            compile::compile_reusing(&cur2, &cfg2, generation, Some(&table)),
+                            "full",
+                        ),
                     }
-                    _ => (compile::compile(&cur2, &cfg2, generation), "full"),
-                };
-                let _ = done.send(c);
-            });
+                }
+                _ => (compile::compile(&cur2, &cfg2, generation), "full"),
+            };
+            let _ = done.send(c);
+        };
+        let spawned = match &worker {
+            Some(w) => w.run(job).map_err(|_| "the control-plane thread is gone"),
+            None => Err("no control-plane thread"),
+        };
+        if spawned.is_err() {
+            worker = None;
+        }
         let compiled = match spawned {
-            Ok(_) => compiled
+            Ok(()) => compiled
                 .await
-                .map_err(|_| "the compile thread panicked".to_owned()),
-            Err(e) => Err(format!("no compile thread: {e}")),
+                .map_err(|_| "the compile panicked".to_owned()),
+            Err(e) => Err(e.to_owned()),
         };
         let (compiled, kind) = match compiled {
             Ok(c) => c,
@@ -382,18 +395,18 @@ async fn compile_loop(
         // pool thread would run it at the workers' own).
         let (live, stats) = (cfg.live.clone(), cfg.stats.clone());
         let release = move || {
-            crate::priority::control_plane_thread();
             drop((old_table, old_objects));
             // Endpoints and routes no table refers to any more lose their
             // live state and counters.
             live.prune();
             stats.prune();
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("table-release".into())
-            .spawn(release)
-        {
-            warn!(error = %e, "no thread to release the previous table; freed here instead (stale endpoint state is pruned after the next change)");
+        // Queued behind nothing (the compile is done): runs now, and the
+        // next compile waits for it on the same thread.
+        if let Some(Err(job)) = worker.as_ref().map(|w| w.run(release)) {
+            warn!("no control-plane thread to release the previous table; freed here instead");
+            drop(job);
+            worker = None;
         }
         info!(
             generation,

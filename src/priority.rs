@@ -1,4 +1,4 @@
-//! Control-plane threads (the manifests watcher, table compiles) run at a
+//! Control-plane threads (the manifests watcher, the table compile worker) run at a
 //! lower CPU priority than the proxy's workers: on a saturated core,
 //! requests come first and a table change waits for spare cycles instead
 //! of taking them from traffic. Nice 10 still gets about a tenth of a
@@ -18,5 +18,58 @@ pub fn control_plane_thread() {
         ONCE.call_once(
             || tracing::debug!(error = %e, "could not lower the control-plane thread's priority"),
         );
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One long-lived control-plane thread running jobs in order (table
+/// compiles, then freeing the table they replaced). A thread per job cost a
+/// spawn each time and gave every job a fresh allocator heap, abandoned at
+/// its exit with the old table's memory in it.
+pub struct Worker {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Start the thread, named `name`, at the control plane's priority.
+    pub fn spawn(name: &str) -> std::io::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                control_plane_thread();
+                for job in queue {
+                    // A job that panics (a compile bug) must not end the
+                    // worker: it drops its result sender, and whoever waits
+                    // on it hears so.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Worker { jobs })
+    }
+
+    /// Queue a job; gives it back if the worker is gone.
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) -> Result<(), Job> {
+        self.jobs.send(Box::new(job)).map_err(|e| e.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn worker_runs_jobs_in_order_and_outlives_a_panicking_one() {
+        let w = super::Worker::spawn("test-worker").expect("a thread");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t1 = tx.clone();
+        assert!(w.run(move || t1.send(1).unwrap()).is_ok());
+        assert!(w.run(|| panic!("a compile bug")).is_ok());
+        assert!(w.run(move || tx.send(2).unwrap()).is_ok());
+        let got: Vec<i32> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("a job ran"))
+            .collect();
+        assert_eq!(got, [1, 2]);
     }
 }
