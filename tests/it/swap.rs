@@ -59,9 +59,13 @@ async fn zero_failed_requests_across_hundreds_of_swaps() {
         }));
     }
 
-    // Alternate: filler routes come and go (full compiles), the live route
-    // flips between services, and endpoints move (endpoint-only updates).
+    // Alternate: filler routes come and go (full compiles: the service
+    // change before each is undone), the live route flips between services
+    // (compiles scoped to the changed routes' hosts), and endpoints move
+    // (endpoint-only updates).
     let start_gen = running.store.load().generation;
+    let scoped = || gatehouse::telemetry::metrics::TABLE.compiles[2].load(Ordering::Relaxed);
+    let scoped_before = scoped();
     let mut gen_rx = running.store.subscribe();
     for i in 0..240u32 {
         let mut text = base.clone();
@@ -95,6 +99,11 @@ async fn zero_failed_requests_across_hundreds_of_swaps() {
     }
     let swaps = running.store.load().generation - start_gen;
     assert!(swaps >= 200, "only {swaps} swaps");
+    // Each flip (also dropping the last filler; 80 of them) is a
+    // routes-only change: it rebuilds only those routes' hosts. Metrics
+    // are process-wide, so at least that many.
+    let scoped = scoped() - scoped_before;
+    assert!(scoped >= 80, "only {scoped} scoped compiles");
     assert!(
         ok.load(Ordering::Relaxed) > 200,
         "clients sent too little: {}",
