@@ -20,7 +20,7 @@
 
 use super::*;
 use crate::model::admission::{age_key, claimed_host, RouteStatus};
-use crate::model::{host, Route};
+use crate::model::Route;
 use crate::pool::fxhash::FxHashSet;
 use std::collections::HashSet;
 
@@ -84,32 +84,30 @@ pub fn compile_changed_routes(
             }
         }
     }
-    // Every route that claims one of them, and the changed routes (which
-    // may claim none but have a status row).
-    let may_claim = |r: &Route| match r.spec.host.as_deref().map(host::strip) {
-        Some(h) if !h.is_empty() => hosts.iter().any(|a| a.eq_ignore_ascii_case(h)),
-        // A generated host: only admission knows it.
-        _ => policy.route_subdomain.is_some(),
-    };
-    let subset: Vec<Candidate> = objs
-        .routes
+    // The changed routes (each has a status row, claim or not), then every
+    // unchanged route that claims one of those hosts.
+    let mut subset: Vec<Candidate> = changed
         .iter()
-        .filter(|(k, r)| {
-            let is_changed = changed.binary_search(k).is_ok();
-            let claims = || {
-                may_claim(r)
-                    && claimed_host(&Candidate::of((*r).clone()), policy)
-                        .is_some_and(|h| hosts.contains(&h))
-            };
-            (is_changed || claims()) && shard(r)
-        })
-        .map(|(_, r)| Candidate::of(r.clone()))
+        .filter_map(|k| objs.routes.get(k))
+        .filter(|r| shard(r))
+        .map(|r| Candidate::of(r.clone()))
         .collect();
+    for keys in hosts.iter().filter_map(|h| prev.claimants.get(h)) {
+        for k in keys.iter().filter(|k| changed.binary_search(k).is_err()) {
+            match objs.routes.get(k) {
+                Some(r) => subset.push(Candidate::of(r.clone())),
+                // An unchanged route is in both snapshots: the index does
+                // not match `prev_objs`.
+                None => return None,
+            }
+        }
+    }
 
     let certs = tls::CertPass::new(&cfg.cert_cache);
     let Admission {
         admitted,
         mut statuses,
+        claimed,
     } = admission::admit_with(&subset, policy, &|c| certs.validate(c));
     let reuse = reusable(
         hosts
@@ -171,6 +169,11 @@ pub fn compile_changed_routes(
         *v = all.into();
     }
     table.by_service = Arc::new(index);
+    // Who claims the affected hosts now.
+    for h in &hosts {
+        table.claimants.remove(h);
+    }
+    table.claimants.extend(claimants(&statuses, &claimed));
     table
         .exact
         .extend(exact.into_iter().map(|(k, v)| (k, host_routes(v))));

@@ -171,6 +171,7 @@ pub fn compile_reusing(
     let Admission {
         admitted,
         mut statuses,
+        claimed,
     } = admission::admit_with(&candidates, &cfg.admission, &|c| certs.validate(c));
     let reuse = prev
         .map(|t| {
@@ -198,6 +199,7 @@ pub fn compile_reusing(
     certs.finish();
     let table = RoutingTable {
         generation,
+        claimants: claimants(&statuses, &claimed).collect(),
         certs: cert_map,
         wildcard_certs,
         exact: exact
@@ -403,6 +405,28 @@ impl<'a> Builder<'a> {
             HostRef::Wildcard(_) => self.wildcard.entry(key).or_default().push(entry),
         }
     }
+}
+
+/// Host → the Routes that claim it (admitted or not), from an admission's
+/// status rows and claimed hosts, for [`RoutingTable::claimants`].
+/// Ingress-derived rows are left out: a compile with any takes no scoped
+/// path.
+fn claimants<'s>(
+    statuses: &'s [admission::RouteStatus],
+    claimed: &'s [Option<String>],
+) -> impl Iterator<Item = (String, Arc<[Key]>)> + use<'s> {
+    let mut claims: std::collections::BTreeMap<&str, Vec<Key>> = Default::default();
+    for (s, h) in statuses.iter().zip(claimed) {
+        if let (Some(h), None) = (h, &s.ingress) {
+            claims
+                .entry(h)
+                .or_default()
+                .push((s.namespace.clone(), s.name.clone()));
+        }
+    }
+    claims
+        .into_iter()
+        .map(|(h, keys)| (h.to_owned(), keys.into()))
 }
 
 /// A route's entry this compile: the previous table's, or built anew.

@@ -121,6 +121,9 @@ pub struct AdmissionPolicy {
 pub struct Admission {
     pub admitted: Vec<Admitted>,
     pub statuses: Vec<RouteStatus>,
+    /// Per status row, the host the route claims when it passed the checks
+    /// before claims ([`claimed_host`]), admitted or not.
+    pub claimed: Vec<Option<String>>,
 }
 
 /// Admit candidates. Deterministic: the same input gives the same output on
@@ -157,7 +160,10 @@ pub fn admit_with(
             message: None,
             ingress: c.from_ingress.clone(),
         };
-        let checked = validate(c, policy).and_then(|a| match extended(c) {
+        let validated = validate(c, policy);
+        out.claimed
+            .push(validated.as_ref().ok().map(|a| a.host.clone()));
+        let checked = validated.and_then(|a| match extended(c) {
             Ok(()) => Ok(a),
             Err(m) => Err((Reason::ExtendedValidationFailed, m)),
         });

@@ -79,6 +79,9 @@ pub struct RoutingTable {
     pub(crate) certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
     /// Serving certificates of Subdomain routes, by the domain they cover.
     pub(crate) wildcard_certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
+    /// Host → the Routes (in the shard, not Ingress-derived) that claim it,
+    /// admitted or not: what a change to one of them re-admits.
+    pub(crate) claimants: imbl::OrdMap<String, Arc<[Key]>>,
 }
 
 /// Points at one entry of `exact` or `wildcard`.
