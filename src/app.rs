@@ -10,6 +10,7 @@ use crate::proxy::{self, Proxy, ServerSettings};
 use crate::source::manifests::{self, ManifestsDir};
 use crate::table::TableStore;
 use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::CompileKind;
 use anyhow::Context as _;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -318,20 +319,23 @@ async fn compile_loop(
             let c = match (change, &prev2) {
                 (Change::EndpointsOnly(services), _) => (
                     compile::update_endpoints(&table, &cur2, &services, generation, &cfg2),
-                    "endpoints",
+                    CompileKind::Endpoints,
                 ),
                 // A few routes changed: rebuild their hosts only; else
                 // everything, reusing unchanged routes' entries.
                 (Change::RoutesOnly, Some(p)) => {
                     match compile::compile_changed_routes(p, &cur2, &cfg2, generation, &table) {
-                        Some(c) => (c, "routes"),
+                        Some(c) => (c, CompileKind::Routes),
                         None => (
                             compile::compile_reusing(&cur2, &cfg2, generation, Some(&table)),
-                            "full",
+                            CompileKind::Full,
                         ),
                     }
                 }
-                _ => (compile::compile(&cur2, &cfg2, generation), "full"),
+                _ => (
+                    compile::compile(&cur2, &cfg2, generation),
+                    CompileKind::Full,
+                ),
             };
             let _ = done.send(c);
         };
@@ -374,7 +378,7 @@ async fn compile_loop(
             let file = current.origins.get(&d.object).map(|f| &**f).unwrap_or("");
             warn!(object = %d.object, file, problem = %d.message, "route problem");
         }
-        if kind == "full" {
+        if kind == CompileKind::Full {
             logged = now;
         } else {
             logged.extend(now);
@@ -410,7 +414,7 @@ async fn compile_loop(
         }
         info!(
             generation,
-            kind,
+            kind = kind.as_str(),
             hosts,
             admitted = routes,
             rejected,

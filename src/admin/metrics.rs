@@ -162,11 +162,8 @@ impl Collector for RouterCollector {
         o.counters(
             "table_compiles",
             "Tables compiled and swapped in, by kind (full, endpoints only, or only the hosts of changed routes).",
-            [
-                (vec![("kind", "full")], tb.compiles[0].load(Relaxed)),
-                (vec![("kind", "endpoints")], tb.compiles[1].load(Relaxed)),
-                (vec![("kind", "routes")], tb.compiles[2].load(Relaxed)),
-            ],
+            m::CompileKind::ALL
+                .map(|k| (vec![("kind", k.as_str())], tb.compiles[k as usize].load(Relaxed))),
         )?;
         o.counter(
             "table_compile_failures",

@@ -102,6 +102,9 @@ pub fn compile_changed_routes(
             }
         }
     }
+    // In admission's order (age; stable), so its status rows pair with
+    // `subset` one for one.
+    subset.sort_by(|a, b| age_key(&a.route).cmp(&age_key(&b.route)));
 
     let certs = tls::CertPass::new(&cfg.cert_cache);
     let Admission {
@@ -203,12 +206,8 @@ pub fn compile_changed_routes(
             .get(&(s.namespace.clone(), s.name.clone()))
             .map(|r| age_key(r))
     };
-    // `admit_with` listed the subset in age order: the same sort here
-    // pairs each new row with its key.
-    let mut order: Vec<&Candidate> = subset.iter().collect();
-    order.sort_by(|a, b| age_key(&a.route).cmp(&age_key(&b.route)));
     let mut at = 0;
-    for (row, c) in statuses.into_iter().zip(order) {
+    for (row, c) in statuses.into_iter().zip(&subset) {
         let key = Some(age_key(&c.route));
         at += rows[at..].partition_point(|s| age_of(s) < key);
         rows.insert(at, Arc::new(row));

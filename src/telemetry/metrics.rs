@@ -156,10 +156,34 @@ pub fn tls_refused(r: TlsRefusal) {
     TLS_FAILURES[r as usize].fetch_add(1, Ordering::Relaxed);
 }
 
+/// What a compile rebuilt; indexes [`TableStats::compiles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileKind {
+    /// Everything (admission, every host).
+    Full = 0,
+    /// The hosts whose services' endpoints changed.
+    Endpoints = 1,
+    /// The hosts a few changed routes claimed or claim.
+    Routes = 2,
+}
+
+impl CompileKind {
+    pub const ALL: [CompileKind; 3] = [Self::Full, Self::Endpoints, Self::Routes];
+
+    /// The `kind` label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Endpoints => "endpoints",
+            Self::Routes => "routes",
+        }
+    }
+}
+
 /// Table compiles and swaps.
 #[derive(Debug)]
 pub struct TableStats {
-    /// By kind: 0 full, 1 endpoints only, 2 the changed routes' hosts only.
+    /// By [`CompileKind`].
     pub compiles: [AtomicU64; 3],
     pub compile_seconds: std::sync::OnceLock<Histogram>,
     /// Microseconds the last compile took.
@@ -187,14 +211,9 @@ impl TableStats {
             .get_or_init(|| Histogram::new(COMPILE_BUCKETS))
     }
 
-    /// One compile of `kind` ("full", "endpoints" or "routes") published.
-    pub fn record(&self, kind: &str, took: std::time::Duration) {
-        let i = match kind {
-            "endpoints" => 1,
-            "routes" => 2,
-            _ => 0,
-        };
-        self.compiles[i].fetch_add(1, Ordering::Relaxed);
+    /// One compile of `kind` published.
+    pub fn record(&self, kind: CompileKind, took: std::time::Duration) {
+        self.compiles[kind as usize].fetch_add(1, Ordering::Relaxed);
         self.compile_histogram().observe(took);
         self.last_compile_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
