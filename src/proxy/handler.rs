@@ -422,8 +422,11 @@ impl Exchange {
             h1_only: upgrade,
             proxy_header: proxy.proxy_to_upstreams.then_some((conn.peer, conn.local)),
         };
+        let cap = route.settings.pod_max_conn;
+        // When every endpoint is at its connection limit: how long a request
+        // may wait in line (set on its first wait, kept across re-picks).
+        let mut queue_until: Option<tokio::time::Instant> = None;
         let (endpoint, protocol, upstream, chosen, pending) = loop {
-            let cap = route.settings.pod_max_conn;
             let mut next = match sticky {
                 Some(s)
                     if tried.is_empty()
@@ -439,7 +442,9 @@ impl Exchange {
             {
                 // Every endpoint is at its connection limit: wait a moment in
                 // line, as HAProxy's queue does, then give up with 503.
-                let until = tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout);
+                let until = *queue_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout)
+                });
                 while next.is_none() && tokio::time::Instant::now() < until {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     next = balance::pick_capped(&route.backends, conn.peer.ip(), &tried, cap);
@@ -463,11 +468,16 @@ impl Exchange {
                     None,
                 );
             };
-            let (group, endpoint) = pick.resolve(&route.backends);
             // Count the request on its endpoint now, before connecting, so a
             // burst cannot pass a pod-concurrent-connections cap during the
-            // connect; dropped again if the connect fails.
-            let pending = pick.member(&route.backends).live.begin();
+            // connect; dropped again if the connect fails. The cap is checked
+            // again in the same atomic step: another thread may have taken
+            // the last slot since the pick looked.
+            let Some(pending) = pick.member(&route.backends).live.try_begin(cap) else {
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let (group, endpoint) = pick.resolve(&route.backends);
             let protocol = protocol_for(group, upgrade);
             match proxy.upstreams.checkout(endpoint, protocol, &via).await {
                 Ok(upstream) => {

@@ -151,6 +151,22 @@ impl EndpointLive {
         ActiveGuard(self.clone())
     }
 
+    /// `begin`, unless `cap` requests are already in flight: the check and
+    /// the count are one atomic step, so two threads racing for an
+    /// endpoint's last slot under `pod-concurrent-connections` cannot both
+    /// take it.
+    pub fn try_begin(self: &Arc<Self>, cap: Option<u32>) -> Option<ActiveGuard> {
+        let Some(cap) = cap else {
+            return Some(self.begin());
+        };
+        self.active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| {
+                (a < cap).then_some(a + 1)
+            })
+            .ok()
+            .map(|_| ActiveGuard(self.clone()))
+    }
+
     /// The endpoint answered well: forget past failures.
     pub fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
@@ -268,6 +284,36 @@ impl LiveRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_begin_never_passes_the_cap_under_contention() {
+        let e = Arc::new(EndpointLive::default());
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, start) = (e.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    // Hold every slot taken until all threads have tried.
+                    (0..100)
+                        .filter_map(|_| e.try_begin(Some(3)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let held: Vec<ActiveGuard> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(held.len(), 3, "exactly the cap's slots were handed out");
+        assert_eq!(e.active(), 3);
+        assert!(e.try_begin(Some(3)).is_none());
+        drop(held);
+        assert_eq!(e.active(), 0, "every guard gave its slot back");
+        let g = e.try_begin(None).expect("no cap: always");
+        assert_eq!(e.active(), 1);
+        drop(g);
+    }
 
     #[test]
     fn ejects_after_consecutive_failures_with_backoff() {
