@@ -13,6 +13,49 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    // mimalloc's own API (libmimalloc-sys links it; its Rust declaration is
+    // behind a feature that brings nothing else we use).
+    fn mi_collect(force: bool);
+}
+
+/// Give the calling thread's free memory back to the system now. mimalloc
+/// purges freed pages lazily, when the thread that freed them allocates
+/// again; a control-plane thread that compiled a 10k-route table and then
+/// waits for the next change would otherwise hold the compile's garbage as
+/// RSS indefinitely (measured: 154 MB at start with 10k routes, 72 MB with
+/// immediate purging).
+/// A proxy thread with nothing to do: at most once a second, let mimalloc
+/// run the purges it has due (freed pages older than its purge delay).
+/// Those otherwise wait for the thread's next allocation, so memory freed
+/// when a burst of connections ends (or when they park and drop their
+/// buffers) stayed resident while the router was quiet. One clock read per
+/// park; under load a worker rarely parks.
+fn collect_when_parked() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    LAST.with(|last| {
+        if last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            last.set(Some(now));
+            // SAFETY: as in collect_free_memory.
+            unsafe { mi_collect(false) }
+        }
+    });
+}
+
+fn collect_free_memory() {
+    // SAFETY: mi_collect takes no pointers and may be called from any
+    // thread at any time; it only walks the calling thread's heap.
+    unsafe { mi_collect(true) }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gatehouse",
@@ -160,11 +203,15 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    gatehouse::priority::set_on_quiet(collect_free_memory);
     gatehouse::telemetry::init_logging(matches!(cli.log_format, LogFormat::Json));
     let result = match cli.cmd {
         Cmd::Run(a) => load_run_config(a).and_then(|cfg| {
             runtime(cfg.worker_threads)?.block_on(async move {
                 let running = gatehouse::app::start(cfg).await?;
+                // Start-up (the first parse of every object) is done on
+                // this thread, which now only waits for a signal.
+                gatehouse::priority::quiet();
                 gatehouse::app_signal::wait().await;
                 tracing::info!("signal received; draining");
                 running.shutdown().await;
@@ -215,7 +262,10 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     if let Some(n) = workers.filter(|n| *n > 1) {
         b.worker_threads(n);
     }
-    b.enable_all().build().context("starting the runtime")
+    b.on_thread_park(collect_when_parked)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn load_run_config(a: RunArgs) -> anyhow::Result<RouterConfig> {

@@ -23,6 +23,29 @@ pub fn control_plane_thread() {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// How long a control-plane thread waits after its last piece of work
+/// before it gives its allocator's free memory back ([`quiet`]).
+pub const QUIET_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+static ON_QUIET: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Install what a control-plane thread runs when it goes quiet (the binary
+/// installs mimalloc's forced collect: memory this thread freed goes back
+/// to the system now rather than lingering as RSS until the thread
+/// allocates again, which an idle control plane may not do for hours).
+/// Only the first call counts.
+pub fn set_on_quiet(f: fn()) {
+    let _ = ON_QUIET.set(f);
+}
+
+/// The calling control-plane thread has finished a burst of work and will
+/// wait: run the installed hook, if any.
+pub fn quiet() {
+    if let Some(f) = ON_QUIET.get() {
+        f();
+    }
+}
+
 /// One long-lived control-plane thread running jobs in order (table
 /// compiles, then freeing the table they replaced). A thread per job cost a
 /// spawn each time and gave every job a fresh allocator heap, abandoned at
@@ -39,11 +62,33 @@ impl Worker {
             .name(name.into())
             .spawn(move || {
                 control_plane_thread();
-                for job in queue {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut worked = false;
+                loop {
+                    let job = if worked {
+                        match queue.recv_timeout(QUIET_AFTER) {
+                            Ok(job) => job,
+                            Err(RecvTimeoutError::Timeout) => {
+                                // No job for a second after the last: a
+                                // compile's garbage and the released
+                                // table's memory go back to the system.
+                                worked = false;
+                                quiet();
+                                continue;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    } else {
+                        match queue.recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        }
+                    };
                     // A job that panics (a compile bug) must not end the
                     // worker: it drops its result sender, and whoever waits
                     // on it hears so.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    worked = true;
                 }
             })?;
         Ok(Worker { jobs })
@@ -58,6 +103,32 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn worker_goes_quiet_a_second_after_its_last_job() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static QUIET: AtomicUsize = AtomicUsize::new(0);
+        // The hook is process-wide (first install wins): other tests'
+        // workers may count too, so only growth after our job is checked.
+        super::set_on_quiet(|| {
+            QUIET.fetch_add(1, Ordering::SeqCst);
+        });
+        let w = super::Worker::spawn("test-quiet").expect("a thread");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::sleep(super::QUIET_AFTER + Duration::from_millis(300));
+        let before = QUIET.load(Ordering::SeqCst);
+        assert!(w.run(move || tx.send(()).unwrap()).is_ok());
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the job ran");
+        let deadline = std::time::Instant::now() + super::QUIET_AFTER * 5;
+        while QUIET.load(Ordering::SeqCst) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no quiet hook after the job"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     #[test]
     fn worker_runs_jobs_in_order_and_outlives_a_panicking_one() {

@@ -7,13 +7,16 @@ Opens N client connections (default 10000) to 127.0.0.1:PORT, sends one
 keep-alive GET with Host: HOST on each, reads each whole response (every one
 must be 200), then holds them all open and idle. Prints one line:
 
-    conns=N rss_start_kib=… rss_half_kib=… rss_all_kib=… per_conn_bytes=… failed=…
+    conns=N rss_start_kib=… rss_half_kib=… rss_all_kib=… per_conn_bytes=… failed=… step_bytes=…
 
 RSS is the proxy's VmRSS from /proc/PID/status. The connections are opened
-in two halves, each left idle IDLE_SETTLE seconds (default 10) before RSS is
-read: per_conn_bytes is the RSS growth from the first reading to the second
-over the second half's connections (robust to RSS changes of the process
-itself just after its start). `failed` counts
+in IDLE_STEPS equal parts (default 4), each left idle IDLE_SETTLE seconds
+(default 10) before RSS is read: per_conn_bytes is the RSS growth over the
+last part divided by its connections; step_bytes the same for every part.
+The earlier parts absorb what is not per client connection: a proxy's
+upstream pool filling (each batch of 500 requests in flight opens upstream
+connections that stay pooled) and RSS moving on its own after start.
+rss_half_kib is the reading before the last part. `failed` counts
 connections that did not get a 200 (must be 0).
 """
 
@@ -78,19 +81,28 @@ async def main() -> None:
         await asyncio.sleep(SETTLE)
         return ok
 
-    # Two halves, RSS after each has idled: the difference is what the
-    # second half costs. A process's RSS also moves on its own just after
-    # start (a 10k-route table's compile garbage being returned), which a
-    # plain before/after would count; the first half absorbs that.
-    first = await open_idle(n // 2)
-    before = rss_kib(pid)
-    second = await open_idle(n - n // 2)
-    after = rss_kib(pid)
-    ok = first + second
-    per = (after - before) * 1024 / max(second, 1)
+    # In IDLE_STEPS equal parts (default 4), RSS read after each has idled: the
+    # growth over the last part is what it costs. A process's RSS also moves
+    # on its own just after start (a 10k-route table's compile garbage being
+    # returned), which a plain before/after would count; the earlier parts
+    # absorb that. Every step's growth is printed (step_bytes) to show it.
+    steps = max(2, int(os.environ.get("IDLE_STEPS", "4")))
+    readings = [start_rss]
+    ok = opened = 0
+    for i in range(steps):
+        count = n * (i + 1) // steps - opened
+        ok += await open_idle(count)
+        opened += count
+        readings.append(rss_kib(pid))
+    last = n - n * (steps - 1) // steps
+    before, after = readings[-2], readings[-1]
+    per = (after - before) * 1024 / max(last, 1)
+    step_bytes = ",".join(
+        f"{(readings[i + 1] - readings[i]) * 1024 * steps / n:.0f}" for i in range(steps)
+    )
     print(
         f"conns={ok} rss_start_kib={start_rss} rss_half_kib={before} rss_all_kib={after}"
-        f" per_conn_bytes={per:.0f} failed={n - ok}"
+        f" per_conn_bytes={per:.0f} failed={n - ok} step_bytes={step_bytes}"
     )
     for w in held:
         w.close()

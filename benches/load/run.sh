@@ -36,7 +36,8 @@
 #
 # Scenarios (SCENARIOS, default all of them; see also the README table)
 #   idle           memory per idle keep-alive connection (IDLE_CONNS, 8000,
-#                  held open by idle_conns.py; RSS growth over the second half, each idle 10 s), measured
+#                  held open by idle_conns.py; opened in 4 parts, each idle 10 s;
+#                  RSS growth over the last part per connection), measured
 #                  first, on fresh processes.
 #   h1-close       HTTP/1.1 with Connection: close: a new connection per
 #                  request.
@@ -869,8 +870,8 @@ fi
 
 # ---------------------------------------------------------------- idle
 # Memory per idle keep-alive connection: IDLE_CONNS connections, one request
-# each, then held open, in two halves; RSS growth over the second half, each half
-# idle 10 s first (idle_conns.py). First, while both
+# each, then held open, in IDLE_STEPS (4) parts; RSS growth over the last part,
+# each part idle 10 s first (idle_conns.py). First, while both
 # proxies are fresh: memory they pooled under load would hide the cost.
 declare -A IDLE_PER
 if [ "$IDLE" = 1 ]; then
@@ -1009,7 +1010,7 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
     done
     if [ "$IDLE" = 1 ]; then
         echo
-        echo "[idle] memory per idle keep-alive connection ($IDLE_CONNS connections in two halves, each idle 10 s; RSS growth over the second half)"
+        echo "[idle] memory per idle keep-alive connection ($IDLE_CONNS connections in 4 parts, each idle 10 s; RSS growth over the last part per connection; step_bytes: every part)"
         for p in "${ORDER[@]}"; do printf '%-10s %s\n' "$p" "${IDLE_PER[$p]}"; done
     fi
     if want gatehouse && want haproxy; then

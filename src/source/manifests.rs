@@ -300,11 +300,23 @@ pub fn spawn_watch(mut manifests: ManifestsDir) -> watch::Receiver<Arc<Objects>>
         .spawn(move || {
             crate::priority::control_plane_thread();
             let _watcher = watcher; // dropping it stops the events
+            let mut scanned = false;
             loop {
-                match ev_rx.recv_timeout(POLL) {
+                let wait = if scanned {
+                    crate::priority::QUIET_AFTER
+                } else {
+                    POLL
+                };
+                match ev_rx.recv_timeout(wait) {
                     Ok(()) => {
                         std::thread::sleep(SETTLE);
                         while ev_rx.try_recv().is_ok() {}
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) if scanned => {
+                        // Quiet after a changed scan: the parse's garbage
+                        // goes back to the system; then poll as usual.
+                        scanned = false;
+                        crate::priority::quiet();
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
@@ -319,6 +331,7 @@ pub fn spawn_watch(mut manifests: ManifestsDir) -> watch::Receiver<Arc<Objects>>
                     if tx.send(Arc::new(objects)).is_err() {
                         return;
                     }
+                    scanned = true;
                     // A snapshot of a big directory takes milliseconds (every
                     // key is copied): after one that took T, wait T before
                     // the next, so a file rewritten many times a second costs
