@@ -184,6 +184,7 @@ async fn start_inner(
         upstreams: Upstreams::new(&PoolConfig {
             connect_timeout: cfg.timeouts.connect,
             idle_timeout: cfg.timeouts.upstream_idle,
+            purge_delay: cfg.timeouts.upstream_pool_purge,
             ..PoolConfig::default()
         }),
         access_log: (cfg.access_log == AccessLogMode::Json)

@@ -206,6 +206,11 @@ pub struct Timeouts {
     /// Idle pooled upstream connections.
     #[serde(deserialize_with = "de_duration")]
     pub upstream_idle: Duration,
+    /// Every this often, half of the pooled upstream connections idle at
+    /// least this long are closed (HAProxy's `pool-purge-delay`, 5 s);
+    /// 0: only `upstream_idle` closes them.
+    #[serde(deserialize_with = "de_duration")]
+    pub upstream_pool_purge: Duration,
     /// How long SIGTERM waits for in-flight requests.
     #[serde(deserialize_with = "de_duration")]
     pub drain: Duration,
@@ -221,6 +226,7 @@ impl Default for Timeouts {
             client: Duration::from_secs(30),
             tunnel: Duration::from_secs(3600),
             upstream_idle: Duration::from_secs(90),
+            upstream_pool_purge: Duration::from_secs(5),
             drain: Duration::from_secs(30),
         }
     }

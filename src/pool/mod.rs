@@ -34,6 +34,11 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Idle pooled connections are closed after this.
     pub idle_timeout: Duration,
+    /// Every this often, half of the connections idle at least this long
+    /// are closed (HAProxy's `pool-purge-delay`): a burst's extra
+    /// connections go within seconds instead of all staying until
+    /// `idle_timeout`. Zero: only `idle_timeout` applies.
+    pub purge_delay: Duration,
     pub max_idle_per_endpoint: usize,
 }
 
@@ -42,6 +47,7 @@ impl Default for PoolConfig {
         PoolConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(90),
+            purge_delay: Duration::from_secs(5),
             max_idle_per_endpoint: 1024,
         }
     }
@@ -208,7 +214,11 @@ impl Upstreams {
             h2: Mutex::new(HashMap::default()),
         });
         let weak = Arc::downgrade(&inner);
-        let every = (cfg.idle_timeout / 2).max(Duration::from_secs(1));
+        let mut every = cfg.idle_timeout / 2;
+        if !cfg.purge_delay.is_zero() {
+            every = every.min(cfg.purge_delay);
+        }
+        let every = every.max(Duration::from_millis(100));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -570,14 +580,29 @@ impl Inner {
 
     fn sweep(&self) {
         let max = self.cfg.idle_timeout;
+        let purge = self.cfg.purge_delay;
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
         idle.retain(|_, list| {
-            list.retain(|c| !c.sender.is_closed() && c.since.elapsed() <= max);
+            list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= max);
+            if !purge.is_zero() {
+                // The list is a stack (returned at the end, taken from the
+                // end): its front is the least recently used.
+                let n = purge_count(list.iter().map(|c| now.duration_since(c.since)), purge);
+                list.drain(..n);
+            }
             !list.is_empty()
         });
         drop(idle);
         lock(&self.h2).retain(|_, s| !s.is_closed());
     }
+}
+
+/// How many of an endpoint's idle connections (least recently used first,
+/// by how long each has been idle) a sweep closes: half of those idle at
+/// least `purge_delay`, rounded up, so one cold connection goes too.
+fn purge_count(idle_for: impl Iterator<Item = Duration>, purge_delay: Duration) -> usize {
+    idle_for.filter(|d| *d >= purge_delay).count().div_ceil(2)
 }
 
 type Answer = Result<Response<UpstreamBody>, ExchangeError>;
@@ -668,5 +693,41 @@ where
                 }),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_count;
+    use std::time::Duration;
+
+    #[test]
+    fn a_sweep_closes_half_of_the_cold_connections() {
+        let s = Duration::from_secs;
+        let d = s(5);
+        // Least recently used first: 4 cold (idle ≥ 5 s), 2 warm.
+        assert_eq!(
+            purge_count([s(9), s(8), s(7), s(5), s(3), s(0)].into_iter(), d),
+            2
+        );
+        assert_eq!(
+            purge_count([s(6)].into_iter(), d),
+            1,
+            "a lone cold one goes"
+        );
+        assert_eq!(
+            purge_count([s(4), s(1)].into_iter(), d),
+            0,
+            "warm ones stay"
+        );
+        assert_eq!(purge_count(std::iter::empty(), d), 0);
+        // Repeated sweeps empty a pool nobody uses: 171 -> 0 in 8 rounds.
+        let mut n = 171usize;
+        let mut rounds = 0;
+        while n > 0 {
+            n -= purge_count(std::iter::repeat_n(s(10), n), d);
+            rounds += 1;
+        }
+        assert_eq!(rounds, 8);
     }
 }
