@@ -327,8 +327,10 @@ impl Upstreams {
                 {
                     return Ok(Conn::h1(key, c.sender, true));
                 }
+                debug!(%endpoint, "pooled connection not ready within 50 ms; dropped");
             }
         }
+        debug!(%endpoint, "no pooled connection; connecting");
         self.connect(endpoint, protocol, via).await
     }
 
