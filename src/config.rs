@@ -206,9 +206,10 @@ pub struct Timeouts {
     /// Idle pooled upstream connections.
     #[serde(deserialize_with = "de_duration")]
     pub upstream_idle: Duration,
-    /// Every this often, half of the pooled upstream connections idle at
-    /// least this long are closed (HAProxy's `pool-purge-delay`, 5 s);
-    /// 0: only `upstream_idle` closes them.
+    /// Every this often, half of an endpoint's pooled connections idle at
+    /// least this long are closed, never its most recent one (after
+    /// HAProxy's `pool-purge-delay`, 5 s); 0: only `upstream_idle` closes
+    /// them.
     #[serde(deserialize_with = "de_duration")]
     pub upstream_pool_purge: Duration,
     /// How long SIGTERM waits for in-flight requests.

@@ -50,9 +50,21 @@ fn collect_when_parked() {
     });
 }
 
+/// A control-plane thread gone quiet (a second after its last compile or
+/// scan): what it freed then is past mimalloc's purge delay, so a normal
+/// collect returns it; a forced one would also decommit every thread's
+/// free arena memory, which proxy threads would fault back in.
 fn collect_free_memory() {
     // SAFETY: mi_collect takes no pointers and may be called from any
-    // thread at any time; it only walks the calling thread's heap.
+    // thread at any time.
+    unsafe { mi_collect(false) }
+}
+
+/// Start-up is done: its garbage was freed just now (not yet past the purge
+/// delay), so force the purge, once. Forced, mimalloc also purges the
+/// process's free arena memory; nothing is serving yet.
+fn collect_after_start() {
+    // SAFETY: as in collect_free_memory.
     unsafe { mi_collect(true) }
 }
 
@@ -209,9 +221,9 @@ fn main() -> ExitCode {
         Cmd::Run(a) => load_run_config(a).and_then(|cfg| {
             runtime(cfg.worker_threads)?.block_on(async move {
                 let running = gatehouse::app::start(cfg).await?;
-                // Start-up (the first parse of every object) is done on
-                // this thread, which now only waits for a signal.
-                gatehouse::priority::quiet();
+                // Start-up ran on this thread (with --manifests, the first
+                // parse of every object), which now only waits for a signal.
+                collect_after_start();
                 gatehouse::app_signal::wait().await;
                 tracing::info!("signal received; draining");
                 running.shutdown().await;

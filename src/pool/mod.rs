@@ -34,10 +34,11 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Idle pooled connections are closed after this.
     pub idle_timeout: Duration,
-    /// Every this often, half of the connections idle at least this long
-    /// are closed (HAProxy's `pool-purge-delay`): a burst's extra
-    /// connections go within seconds instead of all staying until
-    /// `idle_timeout`. Zero: only `idle_timeout` applies.
+    /// Every this often, half of an endpoint's connections idle at least
+    /// this long are closed, never its most recently used one (after
+    /// HAProxy's `pool-purge-delay`, which keeps an estimate of recent need
+    /// instead): a burst's extra connections go within seconds instead of
+    /// all staying until `idle_timeout`. Zero: only `idle_timeout` applies.
     pub purge_delay: Duration,
     pub max_idle_per_endpoint: usize,
 }
@@ -214,16 +215,29 @@ impl Upstreams {
             h2: Mutex::new(HashMap::default()),
         });
         let weak = Arc::downgrade(&inner);
-        let mut every = cfg.idle_timeout / 2;
-        if !cfg.purge_delay.is_zero() {
-            every = every.min(cfg.purge_delay);
-        }
-        let every = every.max(Duration::from_millis(100));
+        let purge = cfg.purge_delay;
+        let (every, floor) = if purge.is_zero() {
+            (cfg.idle_timeout / 2, Duration::from_secs(1))
+        } else {
+            (
+                (cfg.idle_timeout / 2).min(purge),
+                purge.min(Duration::from_secs(1)),
+            )
+        };
+        let every = every.max(floor);
         tokio::spawn(async move {
+            let mut last_purge = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
-                inner.sweep();
+                // Halving runs once per purge period, however often the
+                // idle-timeout sweep does.
+                let now = tokio::time::Instant::now();
+                let purge_now = !purge.is_zero() && now.duration_since(last_purge) >= purge;
+                if purge_now {
+                    last_purge = now;
+                }
+                inner.sweep(purge_now);
             }
         });
         Upstreams { inner }
@@ -580,17 +594,23 @@ impl Inner {
         }
     }
 
-    fn sweep(&self) {
+    fn sweep(&self, purge_now: bool) {
         let max = self.cfg.idle_timeout;
         let purge = self.cfg.purge_delay;
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         idle.retain(|_, list| {
             list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= max);
-            if !purge.is_zero() {
+            if purge_now {
                 // The list is a stack (returned at the end, taken from the
-                // end): its front is the least recently used.
-                let n = purge_count(list.iter().map(|c| now.duration_since(c.since)), purge);
+                // end): its front is the least recently used. The most
+                // recent one is never purged: a route used every few
+                // seconds keeps its connection (until `idle_timeout`).
+                let older = list.len().saturating_sub(1);
+                let n = purge_count(
+                    list[..older].iter().map(|c| now.duration_since(c.since)),
+                    purge,
+                );
                 list.drain(..n);
             }
             !list.is_empty()
@@ -601,8 +621,8 @@ impl Inner {
 }
 
 /// How many of an endpoint's idle connections (least recently used first,
-/// by how long each has been idle) a sweep closes: half of those idle at
-/// least `purge_delay`, rounded up, so one cold connection goes too.
+/// by how long each has been idle; the most recent one is not offered) a
+/// purge closes: half of those idle at least `purge_delay`, rounded up.
 fn purge_count(idle_for: impl Iterator<Item = Duration>, purge_delay: Duration) -> usize {
     idle_for.filter(|d| *d >= purge_delay).count().div_ceil(2)
 }
@@ -712,24 +732,21 @@ mod tests {
             purge_count([s(9), s(8), s(7), s(5), s(3), s(0)].into_iter(), d),
             2
         );
-        assert_eq!(
-            purge_count([s(6)].into_iter(), d),
-            1,
-            "a lone cold one goes"
-        );
+        assert_eq!(purge_count([s(6)].into_iter(), d), 1, "one cold one goes");
         assert_eq!(
             purge_count([s(4), s(1)].into_iter(), d),
             0,
             "warm ones stay"
         );
         assert_eq!(purge_count(std::iter::empty(), d), 0);
-        // Repeated sweeps empty a pool nobody uses: 171 -> 0 in 8 rounds.
+        // Repeated purges of a pool nobody uses (the sweep offers all but
+        // the most recent): 171 -> 1 in 8 rounds.
         let mut n = 171usize;
         let mut rounds = 0;
-        while n > 0 {
-            n -= purge_count(std::iter::repeat_n(s(10), n), d);
+        while n > 1 {
+            n -= purge_count(std::iter::repeat_n(s(10), n - 1), d);
             rounds += 1;
         }
-        assert_eq!(rounds, 8);
+        assert_eq!((n, rounds), (1, 8));
     }
 }

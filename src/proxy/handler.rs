@@ -474,6 +474,20 @@ impl Exchange {
             // again in the same atomic step: another thread may have taken
             // the last slot since the pick looked.
             let Some(pending) = pick.member(&route.backends).live.try_begin(cap) else {
+                // Lost the race for the last slot: in line, as above, under
+                // the same deadline.
+                let until = *queue_until.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout)
+                });
+                if tokio::time::Instant::now() >= until {
+                    return (
+                        local::text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "every endpoint is at its connection limit",
+                        ),
+                        None,
+                    );
+                }
                 tokio::task::yield_now().await;
                 continue;
             };
@@ -581,7 +595,12 @@ impl Exchange {
                     chosen: next,
                     upstream: c,
                     up,
-                } => (endpoint, chosen, upstream, self.up) = (next_ep, next, c, up),
+                    counted,
+                } => {
+                    (endpoint, chosen, upstream, self.up) = (next_ep, next, c, up);
+                    // The same endpoint again keeps this request's slot.
+                    pending = Some(counted.unwrap_or(guard));
+                }
                 Recovery::Fail(e) => break (Ok(Err(e)), chosen, endpoint, guard),
             }
         };
@@ -745,11 +764,25 @@ enum Recovery {
         chosen: Pick,
         upstream: crate::pool::Conn,
         up: Request<RequestBody>,
+        /// Another endpoint's slot, taken under the route's
+        /// pod-concurrent-connections cap (none: the same endpoint again).
+        counted: Option<crate::table::ActiveGuard>,
     },
     Fail(crate::pool::ExchangeError),
 }
 
 impl Retry<'_> {
+    /// Another endpoint for a retry, counted on it now: a retry does not
+    /// pass the route's pod-concurrent-connections cap either (no wait in
+    /// line: an endpoint at its limit is skipped, and none left fails).
+    fn pick_counted(&self, tried: &[Pick]) -> Option<(Pick, crate::table::ActiveGuard)> {
+        let route = self.route;
+        let cap = route.settings.pod_max_conn;
+        let next = balance::pick_capped(&route.backends, self.conn.peer.ip(), tried, cap)?;
+        let counted = next.member(&route.backends).live.try_begin(cap)?;
+        Some((next, counted))
+    }
+
     async fn recover(
         &self,
         tried: &mut Vec<Pick>,
@@ -767,9 +800,10 @@ impl Retry<'_> {
         // endpoint whatever its method.
         if let Some(mut unsent) = e.unsent.take() {
             tried.push(chosen);
-            let next = balance::pick(&route.backends, self.conn.peer.ip(), tried)
+            let next = self
+                .pick_counted(tried)
                 .filter(|_| tried.len() < MAX_ATTEMPTS.min(self.endpoints));
-            if let Some(next) = next {
+            if let Some((next, counted)) = next {
                 let (group, next_ep) = next.resolve(&route.backends);
                 if let Ok(c) = proxy
                     .upstreams
@@ -785,6 +819,7 @@ impl Retry<'_> {
                         chosen: next,
                         upstream: c,
                         up: unsent,
+                        counted: Some(counted),
                     };
                 }
             }
@@ -806,6 +841,7 @@ impl Retry<'_> {
                         chosen,
                         upstream: fresh,
                         up: again(),
+                        counted: None,
                     };
                 }
                 // It closed because it died: count it, and try another.
@@ -821,7 +857,7 @@ impl Retry<'_> {
         {
             return Recovery::Fail(e);
         }
-        let Some(next) = balance::pick(&route.backends, self.conn.peer.ip(), tried) else {
+        let Some((next, counted)) = self.pick_counted(tried) else {
             return Recovery::Fail(e);
         };
         let (group, next_ep) = next.resolve(&route.backends);
@@ -841,6 +877,7 @@ impl Retry<'_> {
                     chosen: next,
                     upstream: c,
                     up: req,
+                    counted: Some(counted),
                 }
             }
             Err(_) => Recovery::Fail(e),
