@@ -426,6 +426,14 @@ impl Exchange {
         // When every endpoint is at its connection limit: how long a request
         // may wait in line (set on its first wait, kept across re-picks).
         let mut queue_until: Option<tokio::time::Instant> = None;
+        let queue_deadline =
+            || tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout);
+        let at_limit = || {
+            local::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "every endpoint is at its connection limit",
+            )
+        };
         let (endpoint, protocol, upstream, chosen, pending) = loop {
             let mut next = match sticky {
                 Some(s)
@@ -442,21 +450,13 @@ impl Exchange {
             {
                 // Every endpoint is at its connection limit: wait a moment in
                 // line, as HAProxy's queue does, then give up with 503.
-                let until = *queue_until.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout)
-                });
+                let until = *queue_until.get_or_insert_with(queue_deadline);
                 while next.is_none() && tokio::time::Instant::now() < until {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     next = balance::pick_capped(&route.backends, conn.peer.ip(), &tried, cap);
                 }
                 if next.is_none() {
-                    return (
-                        local::text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "every endpoint is at its connection limit",
-                        ),
-                        None,
-                    );
+                    return (at_limit(), None);
                 }
             }
             let Some(pick) = next else {
@@ -476,17 +476,9 @@ impl Exchange {
             let Some(pending) = pick.member(&route.backends).live.try_begin(cap) else {
                 // Lost the race for the last slot: in line, as above, under
                 // the same deadline.
-                let until = *queue_until.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + QUEUE_WAIT.min(route.settings.timeout)
-                });
+                let until = *queue_until.get_or_insert_with(queue_deadline);
                 if tokio::time::Instant::now() >= until {
-                    return (
-                        local::text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "every endpoint is at its connection limit",
-                        ),
-                        None,
-                    );
+                    return (at_limit(), None);
                 }
                 tokio::task::yield_now().await;
                 continue;
