@@ -19,18 +19,23 @@ extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// Give the calling thread's free memory back to the system now. mimalloc
-/// purges freed pages lazily, when the thread that freed them allocates
-/// again; a control-plane thread that compiled a 10k-route table and then
-/// waits for the next change would otherwise hold the compile's garbage as
-/// RSS indefinitely (measured: 154 MB at start with 10k routes, 72 MB with
-/// immediate purging).
-/// A proxy thread with nothing to do: at most once a second, let mimalloc
-/// run the purges it has due (freed pages older than its purge delay).
-/// Those otherwise wait for the thread's next allocation, so memory freed
-/// when a burst of connections ends (or when they park and drop their
-/// buffers) stayed resident while the router was quiet. One clock read per
-/// park; under load a worker rarely parks.
+/// Let mimalloc give free memory back to the system now. It purges freed
+/// pages lazily, when the thread that freed them allocates again, so a
+/// thread that then waits holds them as RSS (measured: 154 MB at start with
+/// 10k routes, 72 MB with immediate purging). Unforced, only purges already
+/// due (freed longer than the purge delay ago); forced, also the rest and
+/// every thread's free arena memory, which busy threads would fault back in.
+fn collect(force: bool) {
+    // SAFETY: mi_collect takes no pointers and may be called from any
+    // thread at any time.
+    unsafe { mi_collect(force) }
+}
+
+/// A proxy thread with nothing to do: at most once a second, run the
+/// purges it has due, which otherwise wait for its next allocation (memory
+/// freed when a burst of connections ends, or when they park and drop
+/// their buffers, stayed resident while the router was quiet). One clock
+/// read per park; under load a worker rarely parks.
 fn collect_when_parked() {
     use std::cell::Cell;
     use std::time::{Duration, Instant};
@@ -44,28 +49,9 @@ fn collect_when_parked() {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             last.set(Some(now));
-            // SAFETY: as in collect_free_memory.
-            unsafe { mi_collect(false) }
+            collect(false);
         }
     });
-}
-
-/// A control-plane thread gone quiet (a second after its last compile or
-/// scan): what it freed then is past mimalloc's purge delay, so a normal
-/// collect returns it; a forced one would also decommit every thread's
-/// free arena memory, which proxy threads would fault back in.
-fn collect_free_memory() {
-    // SAFETY: mi_collect takes no pointers and may be called from any
-    // thread at any time.
-    unsafe { mi_collect(false) }
-}
-
-/// Start-up is done: its garbage was freed just now (not yet past the purge
-/// delay), so force the purge, once. Forced, mimalloc also purges the
-/// process's free arena memory; nothing is serving yet.
-fn collect_after_start() {
-    // SAFETY: as in collect_free_memory.
-    unsafe { mi_collect(true) }
 }
 
 #[derive(Parser, Debug)]
@@ -215,7 +201,10 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    gatehouse::priority::set_on_quiet(collect_free_memory);
+    // A control-plane thread gone quiet (a second after its last compile or
+    // scan): what it freed then is past the purge delay, so an unforced
+    // collect returns it.
+    gatehouse::priority::set_on_quiet(|| collect(false));
     gatehouse::telemetry::init_logging(matches!(cli.log_format, LogFormat::Json));
     let result = match cli.cmd {
         Cmd::Run(a) => load_run_config(a).and_then(|cfg| {
@@ -223,7 +212,9 @@ fn main() -> ExitCode {
                 let running = gatehouse::app::start(cfg).await?;
                 // Start-up ran on this thread (with --manifests, the first
                 // parse of every object), which now only waits for a signal.
-                collect_after_start();
+                // Its garbage was freed just now, not yet due: forced, once;
+                // nothing is serving yet.
+                collect(true);
                 gatehouse::app_signal::wait().await;
                 tracing::info!("signal received; draining");
                 running.shutdown().await;

@@ -30,10 +30,10 @@ pub const QUIET_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 static ON_QUIET: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Install what a control-plane thread runs when it goes quiet (the binary
-/// installs mimalloc's forced collect: memory this thread freed goes back
-/// to the system now rather than lingering as RSS until the thread
-/// allocates again, which an idle control plane may not do for hours).
-/// Only the first call counts.
+/// installs mimalloc's collect: memory this thread freed goes back to the
+/// system now rather than lingering as RSS until the thread allocates
+/// again, which an idle control plane may not do for hours). Only the first
+/// call counts.
 pub fn set_on_quiet(f: fn()) {
     let _ = ON_QUIET.set(f);
 }
@@ -43,6 +43,35 @@ pub fn set_on_quiet(f: fn()) {
 pub fn quiet() {
     if let Some(f) = ON_QUIET.get() {
         f();
+    }
+}
+
+/// Wait on `rx` for up to `wait` (`None`: for as long as it takes). After
+/// work (`*worked`, which the caller sets after each piece), a first
+/// [`QUIET_AFTER`] without a message runs [`quiet`] and clears `*worked`;
+/// then a bounded wait reports its timeout at once, an unbounded one goes
+/// on waiting.
+pub fn recv_or_quiet<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    worked: &mut bool,
+    wait: Option<std::time::Duration>,
+) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    if *worked {
+        match rx.recv_timeout(QUIET_AFTER) {
+            Err(RecvTimeoutError::Timeout) => {
+                *worked = false;
+                quiet();
+                if wait.is_some() {
+                    return Err(RecvTimeoutError::Timeout);
+                }
+            }
+            other => return other,
+        }
+    }
+    match wait {
+        Some(d) => rx.recv_timeout(d),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
     }
 }
 
@@ -62,28 +91,10 @@ impl Worker {
             .name(name.into())
             .spawn(move || {
                 control_plane_thread();
-                use std::sync::mpsc::RecvTimeoutError;
+                // A second without a job after the last: a compile's garbage
+                // and the released table's memory go back to the system.
                 let mut worked = false;
-                loop {
-                    let job = if worked {
-                        match queue.recv_timeout(QUIET_AFTER) {
-                            Ok(job) => job,
-                            Err(RecvTimeoutError::Timeout) => {
-                                // No job for a second after the last: a
-                                // compile's garbage and the released
-                                // table's memory go back to the system.
-                                worked = false;
-                                quiet();
-                                continue;
-                            }
-                            Err(RecvTimeoutError::Disconnected) => return,
-                        }
-                    } else {
-                        match queue.recv() {
-                            Ok(job) => job,
-                            Err(_) => return,
-                        }
-                    };
+                while let Ok(job) = recv_or_quiet(&queue, &mut worked, None) {
                     // A job that panics (a compile bug) must not end the
                     // worker: it drops its result sender, and whoever waits
                     // on it hears so.

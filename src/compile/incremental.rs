@@ -219,7 +219,7 @@ pub fn compile_changed_routes(
         diagnostics,
         renewed: changed
             .iter()
-            .map(|(ns, name)| format!("Route {ns}/{name}"))
+            .map(|(ns, name)| route_object(ns, name))
             .collect(),
     })
 }

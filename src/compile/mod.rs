@@ -313,7 +313,7 @@ impl<'a> Builder<'a> {
             })
             .map(|(e, _)| *e);
         let diagnostics_before = self.diagnostics.len();
-        let object = format!("Route {ns}/{}", r.metadata.name);
+        let object = route_object(ns, &r.metadata.name);
         let parts = match previous {
             Some(e) => Parts::Reused(e),
             None => Parts::Built(route_parts(
@@ -405,6 +405,11 @@ impl<'a> Builder<'a> {
             HostRef::Wildcard(_) => self.wildcard.entry(key).or_default().push(entry),
         }
     }
+}
+
+/// How diagnostics name a Route (`Diagnostic::object`, `Compiled::renewed`).
+fn route_object(namespace: &str, name: &str) -> String {
+    format!("Route {namespace}/{name}")
 }
 
 /// Host → the Routes that claim it (admitted or not), from an admission's
@@ -527,7 +532,7 @@ pub fn update_endpoints(
                 if !r.targets.iter().any(|t| services.contains(&t.service)) {
                     return r.clone();
                 }
-                let object = format!("Route {}/{}", r.namespace, r.name);
+                let object = route_object(&r.namespace, &r.name);
                 let (backends, _) = backend_set(
                     objs,
                     &slices,

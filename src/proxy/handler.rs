@@ -792,9 +792,9 @@ impl Retry<'_> {
         // endpoint whatever its method.
         if let Some(mut unsent) = e.unsent.take() {
             tried.push(chosen);
-            let next = self
-                .pick_counted(tried)
-                .filter(|_| tried.len() < MAX_ATTEMPTS.min(self.endpoints));
+            let next = (tried.len() < MAX_ATTEMPTS.min(self.endpoints))
+                .then(|| self.pick_counted(tried))
+                .flatten();
             if let Some((next, counted)) = next {
                 let (group, next_ep) = next.resolve(&route.backends);
                 if let Ok(c) = proxy

@@ -300,23 +300,14 @@ pub fn spawn_watch(mut manifests: ManifestsDir) -> watch::Receiver<Arc<Objects>>
         .spawn(move || {
             crate::priority::control_plane_thread();
             let _watcher = watcher; // dropping it stops the events
+                                    // Set after a changed scan: quiet a second later (the parse's
+                                    // garbage goes back to the system), then poll as usual.
             let mut scanned = false;
             loop {
-                let wait = if scanned {
-                    crate::priority::QUIET_AFTER
-                } else {
-                    POLL
-                };
-                match ev_rx.recv_timeout(wait) {
+                match crate::priority::recv_or_quiet(&ev_rx, &mut scanned, Some(POLL)) {
                     Ok(()) => {
                         std::thread::sleep(SETTLE);
                         while ev_rx.try_recv().is_ok() {}
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) if scanned => {
-                        // Quiet after a changed scan: the parse's garbage
-                        // goes back to the system; then poll as usual.
-                        scanned = false;
-                        crate::priority::quiet();
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
