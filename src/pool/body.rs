@@ -3,7 +3,7 @@
 //! a body abandoned half-way (client gone) takes its connection with it, as
 //! the connection still has unread bytes.
 
-use super::{Inner, PoolKey, H1};
+use super::{h1::RawBody, Idle, Inner, PoolKey, H1};
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
@@ -14,28 +14,42 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// What to give back when the body ends.
-struct Return {
+pub struct Return {
     pool: Arc<Inner>,
     key: PoolKey,
     sender: H1,
 }
 
-pub struct UpstreamBody {
-    body: Incoming,
-    back: Option<Return>,
+pub enum UpstreamBody {
+    /// From hyper's client; an HTTP/1.1 connection goes back at the end.
+    Hyper {
+        body: Incoming,
+        back: Option<Return>,
+    },
+    /// From this crate's HTTP/1.1 client, which gives its connection back
+    /// itself.
+    Raw(RawBody),
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("pooled", &self.back.is_some())
-            .finish()
+        match self {
+            UpstreamBody::Hyper { back, .. } => f
+                .debug_struct("UpstreamBody")
+                .field("pooled", &back.is_some())
+                .finish(),
+            UpstreamBody::Raw(b) => b.fmt(f),
+        }
     }
 }
 
 impl UpstreamBody {
     pub(crate) fn plain(body: Incoming) -> Self {
-        UpstreamBody { body, back: None }
+        UpstreamBody::Hyper { body, back: None }
+    }
+
+    pub(crate) fn raw(body: RawBody) -> Self {
+        UpstreamBody::Raw(body)
     }
 
     pub(crate) fn pooled(
@@ -51,10 +65,10 @@ impl UpstreamBody {
         let done = resp.body().is_end_stream();
         let back = Return { pool, key, sender };
         if done {
-            back.pool.put_idle(&back.key, back.sender);
+            back.pool.put_idle(&back.key, Idle::Hyper(back.sender));
             return resp.map(Self::plain);
         }
-        resp.map(|body| UpstreamBody {
+        resp.map(|body| UpstreamBody::Hyper {
             body,
             back: Some(back),
         })
@@ -63,38 +77,48 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (body, back) = match self.get_mut() {
+            UpstreamBody::Raw(b) => return b.poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Hyper { body, back } => (body, back),
+        };
+        let r = Pin::new(&mut *body).poll_frame(cx);
         match &r {
             Poll::Ready(None) => {
-                if let Some(b) = self.back.take() {
-                    b.pool.put_idle(&b.key, b.sender);
+                if let Some(b) = back.take() {
+                    b.pool.put_idle(&b.key, Idle::Hyper(b.sender));
                 }
             }
             // The server stops polling once the body says it is complete,
             // so the last data frame is where the connection goes back.
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => {
-                if let Some(b) = self.back.take() {
-                    b.pool.put_idle(&b.key, b.sender);
+            Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                if let Some(b) = back.take() {
+                    b.pool.put_idle(&b.key, Idle::Hyper(b.sender));
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Ready(Some(Err(_))) => *back = None,
             _ => {}
         }
-        r
+        r.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            UpstreamBody::Hyper { body, .. } => body.is_end_stream(),
+            UpstreamBody::Raw(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            UpstreamBody::Hyper { body, .. } => body.size_hint(),
+            UpstreamBody::Raw(b) => b.size_hint(),
+        }
     }
 }
 

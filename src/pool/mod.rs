@@ -8,8 +8,10 @@
 
 mod body;
 pub mod fxhash;
+mod h1;
 
 pub use body::{ClientTimedOut, RequestBody, StallTimer, UpstreamBody};
+pub use h1::{H1Error, RawBody};
 
 use crate::io::Flat;
 use crate::table::{Endpoint, UpstreamProtocol, UpstreamTls};
@@ -70,7 +72,8 @@ pub struct ConnectError {
 #[error("upstream {endpoint}: {source}")]
 pub struct ExchangeError {
     pub endpoint: String,
-    pub source: hyper::Error,
+    /// hyper's error, or this crate's HTTP/1.1 client's ([`H1Error`]).
+    pub source: Box<dyn std::error::Error + Send + Sync>,
     /// The request went out on a pooled connection that then failed before
     /// any response byte: the upstream most likely closed it while idle,
     /// and a safe request may be sent again on a fresh connection.
@@ -88,11 +91,27 @@ impl ExchangeError {
         let before_response = no_response(&source);
         ExchangeError {
             endpoint: endpoint.to_string(),
-            source,
+            source: Box::new(source),
             stale: reused && before_response,
             before_response,
             unsent: None,
         }
+    }
+
+    /// The exchange failed on a timeout (hyper's, or an I/O one).
+    pub fn is_timeout(&self) -> bool {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&*self.source);
+        while let Some(x) = e {
+            if x.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+                || x.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+            {
+                return true;
+            }
+            e = x.source();
+        }
+        false
     }
 }
 
@@ -120,8 +139,24 @@ type H1 = http1::SendRequest<RequestBody>;
 type H2 = http2::SendRequest<RequestBody>;
 
 struct IdleConn {
-    sender: H1,
+    conn: Idle,
     since: Instant,
+}
+
+/// An idle HTTP/1.1 connection: hyper's (its task, buffers and channel
+/// stay with it), or this crate's client's (just the socket).
+pub(crate) enum Idle {
+    Hyper(H1),
+    Raw(TcpStream),
+}
+
+impl Idle {
+    fn is_closed(&self) -> bool {
+        match self {
+            Idle::Hyper(s) => s.is_closed(),
+            Idle::Raw(s) => h1::closed(s),
+        }
+    }
 }
 
 /// How a request reaches its endpoint, beyond the address.
@@ -134,6 +169,9 @@ pub struct Via<'a> {
     /// Begin new connections with a PROXY v2 header naming this client and
     /// listener address (`proxy_protocol_to_upstreams`).
     pub proxy_header: Option<(SocketAddr, SocketAddr)>,
+    /// The request has no body and is no upgrade: over plain HTTP/1.1 it
+    /// goes through this crate's own client ([`h1`]), not hyper's.
+    pub bodyless: bool,
 }
 
 /// Pooled connections are shared only between requests to the same
@@ -174,12 +212,20 @@ pub struct Conn {
 enum ConnKind {
     H1 { sender: H1, reused: bool },
     H2(H2),
+    Raw { stream: TcpStream, reused: bool },
 }
 
 impl Conn {
     fn h1(key: PoolKey, sender: H1, reused: bool) -> Self {
         Conn {
             kind: ConnKind::H1 { sender, reused },
+            key,
+        }
+    }
+
+    fn raw(key: PoolKey, stream: TcpStream, reused: bool) -> Self {
+        Conn {
+            kind: ConnKind::Raw { stream, reused },
             key,
         }
     }
@@ -195,14 +241,17 @@ impl Conn {
     /// chose).
     pub fn protocol(&self) -> UpstreamProtocol {
         match self.kind {
-            ConnKind::H1 { .. } => UpstreamProtocol::Http1,
+            ConnKind::H1 { .. } | ConnKind::Raw { .. } => UpstreamProtocol::Http1,
             ConnKind::H2(_) => UpstreamProtocol::H2c,
         }
     }
 
     /// Whether this connection carried earlier requests.
     pub fn is_reused(&self) -> bool {
-        matches!(self.kind, ConnKind::H1 { reused: true, .. })
+        matches!(
+            self.kind,
+            ConnKind::H1 { reused: true, .. } | ConnKind::Raw { reused: true, .. }
+        )
     }
 }
 
@@ -293,6 +342,9 @@ impl Upstreams {
         match tls {
             Some(t) => self.handshake_tls(key, stream, t, h1_only).await,
             None => Ok(match protocol {
+                UpstreamProtocol::Http1 if via.bodyless && !h1_only => {
+                    Conn::raw(key, stream, false)
+                }
                 UpstreamProtocol::Http1 => {
                     Conn::h1(key, self.handshake_h1(endpoint, Flat(stream)).await?, false)
                 }
@@ -325,21 +377,34 @@ impl Upstreams {
             }
         }
         if protocol == UpstreamProtocol::Http1 || tls.is_some() {
-            while let Some(mut c) = self.inner.pop_idle(&key) {
+            while let Some(c) = self.inner.pop_idle(&key) {
                 if c.since.elapsed() > self.inner.cfg.idle_timeout {
                     continue;
                 }
+                let mut sender = match c.conn {
+                    Idle::Hyper(sender) => sender,
+                    Idle::Raw(stream) if h1::closed(&stream) => continue,
+                    Idle::Raw(stream) if via.bodyless && !h1_only => {
+                        return Ok(Conn::raw(key, stream, true))
+                    }
+                    // A body to stream: hyper takes the connection over
+                    // (its HTTP/1.1 handshake does no I/O).
+                    Idle::Raw(stream) => match self.handshake_h1(endpoint, Flat(stream)).await {
+                        Ok(sender) => return Ok(Conn::h1(key, sender, true)),
+                        Err(_) => continue,
+                    },
+                };
                 // Returned at end of body; the connection task may still be
                 // finishing the exchange. Closed → try the next one.
                 // Not ready soon means an earlier request on it is still
                 // uploading (the upstream answered early): leave it.
-                if c.sender.is_ready()
+                if sender.is_ready()
                     || matches!(
-                        tokio::time::timeout(Duration::from_millis(50), c.sender.ready()).await,
+                        tokio::time::timeout(Duration::from_millis(50), sender.ready()).await,
                         Ok(Ok(()))
                     )
                 {
-                    return Ok(Conn::h1(key, c.sender, true));
+                    return Ok(Conn::h1(key, sender, true));
                 }
                 debug!(%endpoint, "pooled connection not ready within 50 ms; dropped");
             }
@@ -363,8 +428,25 @@ impl Upstreams {
         conn: Conn,
         req: Request<RequestBody>,
         via: &'a Via<'a>,
-    ) -> Sending<'a, impl Future<Output = H2Sent> + Send, impl Future<Output = H1Sent> + Send> {
+    ) -> Sending<
+        'a,
+        impl Future<Output = H2Sent> + Send,
+        impl Future<Output = H1Sent> + Send,
+        impl Future<Output = Result<Response<RawBody>, ExchangeError>> + Send + 'a,
+    > {
         match conn.kind {
+            ConnKind::Raw { stream, reused } => Sending::Raw {
+                answer: h1::exchange(
+                    stream,
+                    req,
+                    reused,
+                    endpoint,
+                    h1::Back {
+                        pool: self.inner.clone(),
+                        key: conn.key,
+                    },
+                ),
+            },
             ConnKind::H2(mut s) => Sending::H2 {
                 answer: s.send_request(req),
                 endpoint,
@@ -570,9 +652,11 @@ impl Inner {
         lock(&self.idle).get_mut(key).and_then(Vec::pop)
     }
 
-    pub(crate) fn put_idle(&self, key: &PoolKey, sender: H1) {
-        if sender.is_closed() {
-            return;
+    pub(crate) fn put_idle(&self, key: &PoolKey, conn: Idle) {
+        if let Idle::Hyper(s) = &conn {
+            if s.is_closed() {
+                return;
+            }
         }
         let mut idle = lock(&self.idle);
         let list = match idle.get_mut(key) {
@@ -588,7 +672,7 @@ impl Inner {
         };
         if list.len() < max {
             list.push(IdleConn {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -600,7 +684,7 @@ impl Inner {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         idle.retain(|_, list| {
-            list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) <= max);
+            list.retain(|c| !c.conn.is_closed() && now.duration_since(c.since) <= max);
             if purge_now {
                 // The list is a stack (returned at the end, taken from the
                 // end): its front is the least recently used. The most
@@ -637,7 +721,12 @@ pin_project_lite::pin_project! {
     /// and what the pool needs when it comes (see [`Upstreams::send`]).
     #[project = SendingProj]
     #[project_replace = SendingOwned]
-    pub enum Sending<'a, F2, F1> {
+    pub enum Sending<'a, F2, F1, FR> {
+        /// This crate's HTTP/1.1 client ([`h1`]): the whole exchange.
+        Raw {
+            #[pin]
+            answer: FR,
+        },
         H2 {
             #[pin]
             answer: F2,
@@ -661,8 +750,9 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F2, F1> Future for Sending<'_, F2, F1>
+impl<F2, F1, FR> Future for Sending<'_, F2, F1, FR>
 where
+    FR: Future<Output = Result<Response<h1::RawBody>, ExchangeError>>,
     F2: Future<Output = hyper::Result<Response<Incoming>>>,
     F1: Future<
         Output = Result<
@@ -676,6 +766,11 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Answer> {
         loop {
             let next = match self.as_mut().project() {
+                SendingProj::Raw { answer } => {
+                    let result = std::task::ready!(answer.poll(cx));
+                    self.set(Sending::Done);
+                    return Poll::Ready(result.map(|r| r.map(UpstreamBody::raw)));
+                }
                 SendingProj::H2 { answer, endpoint } => {
                     let result = std::task::ready!(answer.poll(cx));
                     let endpoint = *endpoint;

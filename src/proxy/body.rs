@@ -26,6 +26,9 @@ pub struct ProxyBody {
     conn: Option<super::RequestGuard>,
 }
 
+// Not boxed: the body lives in its client connection's state either way,
+// and a box would be an allocation per response.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Kind {
     /// The upstream's body; the guard counts the request as in flight
@@ -103,7 +106,7 @@ impl Body for ProxyBody {
                     if let Some(h) = hold {
                         h.stall.progress();
                     }
-                    Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
+                    Poll::Ready(r)
                 }
                 // The route's timeout is also the longest the upstream may
                 // stay silent mid-body (HAProxy `timeout server`).

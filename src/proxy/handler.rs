@@ -421,6 +421,10 @@ impl Exchange {
             tls: route.upstream_tls.as_ref(),
             h1_only: upgrade,
             proxy_header: proxy.proxy_to_upstreams.then_some((conn.peer, conn.local)),
+            bodyless: !upgrade
+                && self.up.body().is_end_stream()
+                && self.up.method() != http::Method::CONNECT
+                && !self.up.headers().contains_key(header::TRANSFER_ENCODING),
         };
         let cap = route.settings.pod_max_conn;
         // When every endpoint is at its connection limit: how long a request
@@ -671,7 +675,7 @@ impl Exchange {
                     Some(endpoint),
                 )
             }
-            Ok(Err(e)) if crate::pool::ClientTimedOut::caused(&e.source) => {
+            Ok(Err(e)) if crate::pool::ClientTimedOut::caused(&*e.source) => {
                 debug!(route = %route.name, namespace = %route.namespace, "client silent mid-body");
                 (
                     local::close(
@@ -683,12 +687,12 @@ impl Exchange {
             }
             Ok(Err(e)) => {
                 debug!(route = %route.name, namespace = %route.namespace, error = %e, "upstream exchange failed");
-                route.stats.error(if e.source.is_timeout() {
+                route.stats.error(if e.is_timeout() {
                     crate::table::UpstreamError::Timeout
                 } else {
                     crate::table::UpstreamError::Closed
                 });
-                if e.source.is_timeout() {
+                if e.is_timeout() {
                     return (
                         local::text(
                             StatusCode::GATEWAY_TIMEOUT,

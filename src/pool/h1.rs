@@ -1,0 +1,750 @@
+//! gatehouse's own HTTP/1.1 client, for requests without a body over plain
+//! TCP (most traffic: GET, HEAD, bodyless DELETE).
+//!
+//! With hyper's client every request crossed tasks twice: into the upstream
+//! connection's task through its dispatch channel (a 296-byte request and a
+//! callback written into a slot per connection), and back through a oneshot
+//! and a body channel; every idle connection kept that task, an 8 KiB read
+//! buffer, a write buffer and its channel block. With hundreds of upstream
+//! connections in flight that state no longer fits in L2 (measured:
+//! benches/load, h2 scenario). Here the exchange runs in the request's own
+//! task: the head is written with one `send`, the answer read into a buffer
+//! taken for this exchange, and the response body is read by whoever polls
+//! it; an idle connection is just its socket.
+//!
+//! Requests with a body, upgrades, TLS and h2c upstreams go through hyper
+//! (`super`), which may take over an idle connection made here.
+
+use super::{ExchangeError, Inner, PoolKey, RequestBody};
+use crate::table::Endpoint;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+/// Longest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most response headers accepted (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (with extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// First read of an exchange; doubled while reads fill it, up to `MAX_READ`.
+const FIRST_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Interim (1xx) responses skipped before the final one.
+const MAX_INTERIM: usize = 16;
+
+/// Why an exchange on this client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before a complete response head")]
+    Closed,
+    #[error("malformed response head: {0}")]
+    Parse(String),
+    #[error("response head larger than 64 KiB")]
+    HeadTooLarge,
+    #[error("malformed chunked response body")]
+    Chunked,
+    #[error("connection closed mid-body")]
+    Incomplete,
+}
+
+impl H1Error {
+    /// Nothing of a response arrived before it (closed, reset).
+    fn before_response(&self) -> bool {
+        match self {
+            H1Error::Closed => true,
+            H1Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an idle connection was closed (or spoke out of turn) while in
+/// the pool. Costs a syscall only when the socket became readable since its
+/// last read: an idle connection has nothing to say.
+pub(crate) fn closed(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => false,
+        Poll::Ready(Err(_)) => true,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// The request head, as HTTP/1.1 sends it (origin-form target, headers in
+/// map order, names lowercase as stored).
+pub(crate) fn encode_head<B>(req: &Request<B>) -> Vec<u8> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let method = req.method().as_str();
+    let len = method.len()
+        + target.len()
+        + 13
+        + req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+        + 2;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Where the connection goes when the body has been read to its end.
+pub(crate) struct Back {
+    pub(crate) pool: Arc<Inner>,
+    pub(crate) key: PoolKey,
+}
+
+/// Send `req` (no body) on `stream` and read the response head. `reused`:
+/// the connection came from the pool (a failure before any response byte
+/// then most likely means the upstream closed it while idle).
+pub(crate) async fn exchange(
+    mut stream: TcpStream,
+    req: Request<RequestBody>,
+    reused: bool,
+    endpoint: &Endpoint,
+    back: Back,
+) -> Result<Response<RawBody>, ExchangeError> {
+    let head = encode_head(&req);
+    let err = |e: H1Error, req: Option<Request<RequestBody>>| {
+        let before_response = e.before_response();
+        ExchangeError {
+            endpoint: endpoint.to_string(),
+            source: Box::new(e),
+            stale: reused && before_response,
+            before_response,
+            unsent: req,
+        }
+    };
+    // A first write that fails wrote nothing: the request may go anywhere.
+    let written = match stream.try_write(&head) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(err(e.into(), Some(req))),
+    };
+    if written < head.len() {
+        if let Err(e) = stream.write_all(&head[written..]).await {
+            return Err(err(e.into(), None));
+        }
+    }
+    drop(head);
+    let head_only = req.method() == http::Method::HEAD;
+    drop(req);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    let mut interim = 0;
+    let (parts, framing, keep_alive) = loop {
+        match parse_head(&mut buf, head_only) {
+            Ok(Some(Parsed::Interim)) if interim < MAX_INTERIM => {
+                interim += 1;
+                continue;
+            }
+            Ok(Some(Parsed::Interim)) => {
+                return Err(err(
+                    H1Error::Parse("too many interim responses".into()),
+                    None,
+                ))
+            }
+            Ok(Some(Parsed::Final(p, f, k))) => break (p, f, k),
+            Ok(None) if buf.len() >= MAX_HEAD => return Err(err(H1Error::HeadTooLarge, None)),
+            Ok(None) => {}
+            Err(e) => return Err(err(e, None)),
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(FIRST_READ);
+        }
+        match std::future::poll_fn(|cx| {
+            tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf)
+        })
+        .await
+        {
+            Ok(0) => return Err(err(H1Error::Closed, None)),
+            Ok(_) => {}
+            Err(e) => return Err(err(e.into(), None)),
+        }
+    };
+    let mut body = RawBody {
+        io: Some(stream),
+        buf,
+        framing,
+        keep_alive,
+        back: Some(back),
+        next_read: FIRST_READ,
+        failed: None,
+    };
+    if body.framing == Framing::Length(0) {
+        body.finish();
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+enum Parsed {
+    /// A 1xx other than 101: skipped (hyper's client does the same).
+    Interim,
+    Final(http::response::Parts, Framing, bool),
+}
+
+/// Parse a response head from the front of `buf` (removed from it when
+/// complete). `None`: incomplete.
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut headers);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(H1Error::Parse(e.to_string())),
+    };
+    let code = r.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| H1Error::Parse(format!("status code {code}")))?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        buf.advance(len);
+        return Ok(Some(Parsed::Interim));
+    }
+    let version = if r.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Where each header's name and value sit in the head, so the values
+    // can share its bytes instead of being copied one by one.
+    let base = buf.as_ptr() as usize;
+    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let n = r.headers.len();
+    for (slot, h) in at.iter_mut().zip(r.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *slot = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(n);
+    for &(n0, n1, v0, v1) in &at[..n] {
+        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+            .map_err(|_| H1Error::Parse("invalid header name".into()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+            .map_err(|_| H1Error::Parse("invalid header value".into()))?;
+        map.append(name, value);
+    }
+    let (framing, keep_alive) = framing(&mut map, status, version, head_only)?;
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.version = version;
+    parts.headers = map;
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+}
+
+/// How the body is delimited (RFC 9112 §6.3), and whether the connection
+/// may carry another request afterwards.
+fn framing(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    version: Version,
+    head_only: bool,
+) -> Result<(Framing, bool), H1Error> {
+    let mut keep_alive = version == Version::HTTP_11;
+    for v in headers.get_all(http::header::CONNECTION) {
+        for t in v.to_str().unwrap_or("").split(',') {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("close") {
+                keep_alive = false;
+            } else if t.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
+                keep_alive = true;
+            }
+        }
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // Not asked for (upgrades go through hyper): nothing more on it.
+        return Ok((Framing::Length(0), false));
+    }
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), keep_alive));
+    }
+    if let Some(te) = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let chunked = te
+            .to_str()
+            .ok()
+            .and_then(|s| s.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        if headers.remove(http::header::CONTENT_LENGTH).is_some() {
+            // Both: the length is ignored, and the connection is not
+            // trusted with another request (RFC 9112 §6.3, smuggling).
+            keep_alive = false;
+        }
+        return Ok(if chunked {
+            (Framing::Chunked(Chunked::Size), keep_alive)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in v.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| H1Error::Parse("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::Parse("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::Close, false),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes.
+    Close,
+    /// Read to its end.
+    Done,
+    /// Broken off: the error is (or was) the body's last frame.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// What the chunked decoder can give from the bytes at hand.
+enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    More,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn chunk_step(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, H1Error> {
+    loop {
+        match *state {
+            Chunked::Size => {
+                let Some(eol) = find(&buf[..buf.len().min(MAX_CHUNK_LINE)], b"\r\n") else {
+                    return if buf.len() >= MAX_CHUNK_LINE {
+                        Err(H1Error::Chunked)
+                    } else {
+                        Ok(Step::More)
+                    };
+                };
+                let line = &buf[..eol];
+                let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
+                let digits = digits.trim_ascii();
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(H1Error::Chunked);
+                }
+                let mut n: u64 = 0;
+                for &d in digits {
+                    let v = (d as char).to_digit(16).ok_or(H1Error::Chunked)?;
+                    n = n * 16 + u64::from(v);
+                }
+                buf.advance(eol + 2);
+                *state = if n == 0 {
+                    Chunked::Trailers
+                } else {
+                    Chunked::Data(n)
+                };
+            }
+            Chunked::Data(rem) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let k = rem.min(buf.len() as u64);
+                let data = buf.split_to(k as usize).freeze();
+                *state = if k == rem {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(rem - k)
+                };
+                return Ok(Step::Data(data));
+            }
+            Chunked::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(H1Error::Chunked);
+                }
+                buf.advance(2);
+                *state = Chunked::Size;
+            }
+            Chunked::Trailers => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                    return Ok(Step::End);
+                }
+                let Some(end) = find(&buf[..buf.len().min(MAX_HEAD)], b"\r\n\r\n") else {
+                    return if buf.len() >= MAX_HEAD {
+                        Err(H1Error::Chunked)
+                    } else {
+                        Ok(Step::More)
+                    };
+                };
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut map = HeaderMap::new();
+                if let Ok(httparse::Status::Complete((_, hs))) =
+                    httparse::parse_headers(&buf[..end + 4], &mut headers)
+                {
+                    for h in hs {
+                        if let (Ok(n), Ok(v)) = (
+                            HeaderName::from_bytes(h.name.as_bytes()),
+                            HeaderValue::from_bytes(h.value),
+                        ) {
+                            map.append(n, v);
+                        }
+                    }
+                } else {
+                    return Err(H1Error::Chunked);
+                }
+                buf.advance(end + 4);
+                return Ok(Step::Trailers(map));
+            }
+        }
+    }
+}
+
+/// A response body read from the upstream connection by whoever polls it
+/// (the client's connection task). At its end the connection goes back to
+/// the pool, when the upstream allows and sent nothing past the response.
+pub struct RawBody {
+    io: Option<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    keep_alive: bool,
+    back: Option<Back>,
+    next_read: usize,
+    /// An error held back for one poll (see [`RawBody::poll_frame`]).
+    failed: Option<H1Error>,
+}
+
+impl std::fmt::Debug for RawBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBody")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+impl RawBody {
+    /// The body has been read to its end: give the connection back.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let io = self.io.take();
+        if let (Some(io), Some(back), true, true) =
+            (io, self.back.take(), self.keep_alive, self.buf.is_empty())
+        {
+            back.pool.put_idle(&back.key, super::Idle::Raw(io));
+        }
+        self.buf = BytesMut::new();
+    }
+
+    /// The next frame. An error is held back for one poll, with a wake-up:
+    /// what the body already gave sits in the client connection's write
+    /// buffer, and hyper drops that buffer when a body fails. Answering
+    /// `Pending` first lets it flush, so the client gets the head and the
+    /// bytes that came before the break, then the abort (as with hyper's
+    /// client, whose body crossed tasks and so always paused).
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match self.poll_read_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.failed = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn poll_read_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        loop {
+            match &mut self.framing {
+                Framing::Done | Framing::Failed => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(rem) if !self.buf.is_empty() => {
+                    let k = (*rem).min(self.buf.len() as u64);
+                    *rem -= k;
+                    let data = self.buf.split_to(k as usize).freeze();
+                    if *rem == 0 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Length(_) => {}
+                Framing::Chunked(state) => match chunk_step(state, &mut self.buf) {
+                    Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                    Ok(Step::Trailers(t)) => {
+                        self.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
+                    Ok(Step::End) => {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::More) => {}
+                    Err(e) => {
+                        self.fail();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Framing::Close if !self.buf.is_empty() => {
+                    let data = self.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Close => {}
+            }
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+                self.buf.reserve(self.next_read);
+            }
+            let room = self.buf.capacity() - self.buf.len();
+            match std::task::ready!(tokio_util::io::poll_read_buf(
+                Pin::new(io),
+                cx,
+                &mut self.buf
+            )) {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.framing = Framing::Done;
+                    self.io = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(H1Error::Incomplete)));
+                }
+                Ok(n) => {
+                    // A read that filled its room: the body is large, read
+                    // more at once (fewer syscalls, fewer frames).
+                    if n == room && self.next_read < MAX_READ {
+                        self.next_read *= 2;
+                    }
+                }
+                Err(e) => {
+                    self.fail();
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        self.framing = Framing::Failed;
+        self.io = None;
+        self.back = None;
+        self.buf = BytesMut::new();
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done | Framing::Length(0))
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Chunked(_) | Framing::Close | Framing::Failed => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, bool), H1Error> {
+        let mut buf = BytesMut::from(input);
+        let mut st = Chunked::Size;
+        let (mut data, mut trailers) = (Vec::new(), None);
+        loop {
+            match chunk_step(&mut st, &mut buf)? {
+                Step::Data(d) => data.extend_from_slice(&d),
+                Step::Trailers(t) => {
+                    trailers = Some(t);
+                    return Ok((data, trailers, true));
+                }
+                Step::End => return Ok((data, trailers, true)),
+                Step::More => return Ok((data, trailers, false)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (d, t, end) = chunks(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").unwrap();
+        assert_eq!(
+            (d.as_slice(), t.is_none(), end),
+            (&b"hello world"[..], true, true)
+        );
+        let (d, t, end) = chunks(b"3\r\nabc\r\n0\r\nx-sum: 9\r\n\r\n").unwrap();
+        assert_eq!((d.as_slice(), end), (&b"abc"[..], true));
+        assert_eq!(t.unwrap()["x-sum"], "9");
+        // Cut anywhere: more is needed, nothing is lost.
+        let (d, _, end) = chunks(b"A\r\n01234").unwrap();
+        assert_eq!((d.as_slice(), end), (&b"01234"[..], false));
+        assert!(chunks(b"zz\r\n").is_err(), "not hex");
+        assert!(chunks(b"3\r\nabcX\r\n").is_err(), "no CRLF after the data");
+        assert!(chunks(b"ffffffffffffffffff\r\n").is_err(), "size overflows");
+        assert!(chunks(&[b'1'; 5000]).is_err(), "endless size line");
+    }
+
+    fn head(
+        input: &[u8],
+        head_only: bool,
+    ) -> Result<(http::response::Parts, Framing, bool), H1Error> {
+        let mut buf = BytesMut::from(input);
+        loop {
+            match parse_head(&mut buf, head_only)? {
+                Some(Parsed::Interim) => continue,
+                Some(Parsed::Final(p, f, k)) => return Ok((p, f, k)),
+                None => return Err(H1Error::Closed),
+            }
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (p, f, k) = head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((p.status, f, k), (StatusCode::OK, Framing::Length(5), true));
+        assert_eq!(p.headers["x-a"], "b");
+        let (_, f, k) = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap();
+        assert_eq!((f, k), (Framing::Length(0), true), "HEAD: no body");
+        let (_, f, k) = head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!((f, k), (Framing::Length(0), true));
+        let (p, f, k) = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (f, k),
+            (Framing::Chunked(Chunked::Size), false),
+            "TE wins, no reuse"
+        );
+        assert!(!p.headers.contains_key("content-length"));
+        let (_, f, k) = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!((f, k), (Framing::Close, false), "no length: until close");
+        let (_, f, k) = head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap();
+        assert_eq!((f, k), (Framing::Length(1), false), "1.0 closes by default");
+        let (_, _, k) = head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(k);
+        let (_, _, k) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!k);
+        let (p, ..) = head(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p.status,
+            StatusCode::CREATED,
+            "interim responses are skipped"
+        );
+        assert!(head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
+        assert!(head(b"HTTP/1.1 999x OK\r\n\r\n", false).is_err());
+        assert!(head(b"garbage\r\n\r\n", false).is_err());
+        assert!(
+            matches!(
+                head(b"HTTP/1.1 200 OK\r\nContent-", false),
+                Err(H1Error::Closed)
+            ),
+            "partial"
+        );
+    }
+
+    #[test]
+    fn the_head_is_origin_form_http_1_1() {
+        let req = Request::builder()
+            .method("GET")
+            .uri("/a?b=c")
+            .header("host", "example.com")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode_head(&req),
+            b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+    }
+}
