@@ -61,7 +61,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
     fn is_write_vectored(&self) -> bool {
-        false
+        self.io.is_write_vectored()
     }
 }
