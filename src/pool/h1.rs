@@ -73,18 +73,14 @@ impl H1Error {
 }
 
 /// Whether an idle connection was closed (or spoke out of turn) while in
-/// the pool. Costs a syscall only when the socket became readable since its
-/// last read: an idle connection has nothing to say.
+/// the pool. `try_read` looks at the socket only when the I/O driver has
+/// seen it become readable since its last read (an idle connection has
+/// nothing to say), and unlike `poll_read_ready` it neither spends the
+/// task's coop budget (which would answer "not ready" unchecked) nor
+/// registers a waker.
 pub(crate) fn closed(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => false,
-        Poll::Ready(Err(_)) => true,
-        Poll::Ready(Ok(())) => {
-            let mut byte = [0u8; 1];
-            !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
+    let mut byte = [0u8; 1];
+    !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// The request head, as HTTP/1.1 sends it (origin-form target, headers in
@@ -272,17 +268,17 @@ fn framing(
     version: Version,
     head_only: bool,
 ) -> Result<(Framing, bool), H1Error> {
-    let mut keep_alive = version == Version::HTTP_11;
+    let (mut close, mut keep) = (false, false);
     for v in headers.get_all(http::header::CONNECTION) {
         for t in v.to_str().unwrap_or("").split(',') {
             let t = t.trim();
-            if t.eq_ignore_ascii_case("close") {
-                keep_alive = false;
-            } else if t.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
-            }
+            close |= t.eq_ignore_ascii_case("close");
+            keep |= t.eq_ignore_ascii_case("keep-alive");
         }
     }
+    // `close` wins wherever it appears; HTTP/1.0 keeps the connection only
+    // when asked to.
+    let mut keep_alive = !close && (version == Version::HTTP_11 || keep);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // Not asked for (upgrades go through hyper): nothing more on it.
         return Ok((Framing::Length(0), false));
@@ -300,9 +296,11 @@ fn framing(
             .ok()
             .and_then(|s| s.rsplit(',').next())
             .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        if headers.remove(http::header::CONTENT_LENGTH).is_some() {
+        if headers.remove(http::header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
             // Both: the length is ignored, and the connection is not
-            // trusted with another request (RFC 9112 §6.3, smuggling).
+            // trusted with another request (RFC 9112 §6.3, smuggling);
+            // nor after a transfer coding from HTTP/1.0, which has none
+            // (§6.1).
             keep_alive = false;
         }
         return Ok(if chunked {
@@ -314,10 +312,14 @@ fn framing(
     let mut length = None;
     for v in headers.get_all(http::header::CONTENT_LENGTH) {
         for part in v.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            // Digits only (`+5` parses as a u64 but is no content-length).
             let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| H1Error::Parse("invalid content-length".into()))?;
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse().ok())
+                .flatten()
+                .ok_or_else(|| H1Error::Parse("invalid content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(H1Error::Parse("conflicting content-length".into()));
             }
@@ -376,15 +378,23 @@ fn chunk_step(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, H1Error> 
                     };
                 };
                 let line = &buf[..eol];
+                // Extensions are skipped, but a bare CR or LF or another
+                // control byte in them is no chunk line.
+                if line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
+                    return Err(H1Error::Chunked);
+                }
                 let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
                 let digits = digits.trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
+                if digits.is_empty() {
                     return Err(H1Error::Chunked);
                 }
                 let mut n: u64 = 0;
                 for &d in digits {
                     let v = (d as char).to_digit(16).ok_or(H1Error::Chunked)?;
-                    n = n * 16 + u64::from(v);
+                    n = n
+                        .checked_mul(16)
+                        .and_then(|n| n.checked_add(u64::from(v)))
+                        .ok_or(H1Error::Chunked)?;
                 }
                 buf.advance(eol + 2);
                 *state = if n == 0 {
@@ -555,8 +565,15 @@ impl RawBody {
             let Some(io) = self.io.as_mut() else {
                 return Poll::Ready(None);
             };
-            if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
-                self.buf.reserve(self.next_read);
+            // The rest of a known length that fits in one read is read at
+            // once (a 64 KiB body: one read after the head's, not four);
+            // beyond that, reads grow as they fill.
+            let want = match self.framing {
+                Framing::Length(rem) if rem <= MAX_READ as u64 => rem as usize,
+                _ => self.next_read,
+            };
+            if self.buf.capacity() - self.buf.len() < want.div_ceil(2) {
+                self.buf.reserve(want);
             }
             let room = self.buf.capacity() - self.buf.len();
             match std::task::ready!(tokio_util::io::poll_read_buf(
@@ -645,6 +662,12 @@ mod tests {
         assert!(chunks(b"zz\r\n").is_err(), "not hex");
         assert!(chunks(b"3\r\nabcX\r\n").is_err(), "no CRLF after the data");
         assert!(chunks(b"ffffffffffffffffff\r\n").is_err(), "size overflows");
+        let (d, ..) = chunks(b"0000000000000003\r\nabc\r\n0\r\n\r\n").unwrap();
+        assert_eq!(d, b"abc", "leading zeros are fine");
+        assert!(
+            chunks(b"5;a\nb\r\nhello\r\n").is_err(),
+            "LF inside an extension"
+        );
         assert!(chunks(&[b'1'; 5000]).is_err(), "endless size line");
     }
 
@@ -722,6 +745,23 @@ mod tests {
         )
         .is_err());
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false).is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", false).is_err());
+        let (_, _, k) = head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!k, "close wins");
+        let (_, f, k) = head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (f, k),
+            (Framing::Chunked(Chunked::Size), false),
+            "1.0 with a coding: no reuse"
+        );
         assert!(head(b"HTTP/1.1 999x OK\r\n\r\n", false).is_err());
         assert!(head(b"garbage\r\n\r\n", false).is_err());
         assert!(

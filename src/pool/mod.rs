@@ -413,9 +413,11 @@ impl Upstreams {
         self.connect(endpoint, protocol, via).await
     }
 
-    /// Send on `conn`. A stale pooled HTTP/1.1 connection that closed before
-    /// the request was written gets the request back, and it is sent once
-    /// more on a fresh connection to the same endpoint.
+    /// Send on `conn`. A stale pooled HTTP/1.1 connection of hyper's that
+    /// closed before the request was written gets the request back, and it
+    /// is sent once more on a fresh connection to the same endpoint (this
+    /// crate's client hands such a request back in the error, `unsent` and
+    /// `stale`, and the handler does the same).
     ///
     /// The request is handed to the connection now; the returned future
     /// only waits for the answer, polling hyper's in place. (An `async fn`

@@ -792,9 +792,28 @@ impl Retry<'_> {
         if !e.stale {
             member.live.record_failure(&proxy.health);
         }
-        // Nothing was written: the request, body and all, may go to another
-        // endpoint whatever its method.
+        // Nothing was written: the request, body and all, may go out again
+        // whatever its method. A pooled connection found dead: the same
+        // endpoint on a fresh one first (the endpoint did nothing wrong);
+        // else another endpoint.
         if let Some(mut unsent) = e.unsent.take() {
+            if e.stale {
+                let protocol = chosen.resolve(&route.backends).0.protocol;
+                if let Ok(fresh) = proxy.upstreams.connect(endpoint, protocol, self.via).await {
+                    debug!(%endpoint, "pooled connection was closed before the request was written; sending it on a fresh one");
+                    let pq = unsent.uri().path_and_query().cloned();
+                    set_target(&mut unsent, fresh.protocol(), self.host, pq, tls);
+                    route.stats.retry();
+                    return Recovery::Again {
+                        endpoint: endpoint.clone(),
+                        chosen,
+                        upstream: fresh,
+                        up: unsent,
+                        counted: None,
+                    };
+                }
+                member.live.record_failure(&proxy.health);
+            }
             tried.push(chosen);
             let next = (tried.len() < MAX_ATTEMPTS.min(self.endpoints))
                 .then(|| self.pick_counted(tried))
