@@ -129,62 +129,64 @@ pub(crate) async fn exchange(
     back: Back,
 ) -> Result<Response<RawBody>, ExchangeError> {
     let head = encode_head(&req);
-    let err = |e: H1Error, req: Option<Request<RequestBody>>| {
+    // `unsent`: nothing was written; else the request goes back as `sent`
+    // (its body dropped), for the handler to send again if it may.
+    let err = |e: H1Error, req: Request<RequestBody>, unsent: bool| {
         let before_response = e.before_response();
+        let req = Some(req.map(|_| RequestBody::Empty));
+        let (unsent, sent) = if unsent { (req, None) } else { (None, req) };
         ExchangeError {
             endpoint: endpoint.to_string(),
             source: Box::new(e),
             stale: reused && before_response,
             before_response,
-            unsent: req,
+            unsent,
+            sent,
         }
     };
     // A first write that fails wrote nothing: the request may go anywhere.
     let written = match stream.try_write(&head) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(err(e.into(), Some(req))),
+        Err(e) => return Err(err(e.into(), req, true)),
     };
     if written < head.len() {
         if let Err(e) = stream.write_all(&head[written..]).await {
-            return Err(err(e.into(), None));
+            return Err(err(e.into(), req, false));
         }
     }
     drop(head);
     let head_only = req.method() == http::Method::HEAD;
-    drop(req);
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     let mut interim = 0;
     let (parts, framing, keep_alive) = loop {
-        match parse_head(&mut buf, head_only) {
+        let failed = match parse_head(&mut buf, head_only) {
             Ok(Some(Parsed::Interim)) if interim < MAX_INTERIM => {
                 interim += 1;
                 continue;
             }
-            Ok(Some(Parsed::Interim)) => {
-                return Err(err(
-                    H1Error::Parse("too many interim responses".into()),
-                    None,
-                ))
-            }
+            Ok(Some(Parsed::Interim)) => H1Error::Parse("too many interim responses".into()),
             Ok(Some(Parsed::Final(p, f, k))) => break (p, f, k),
-            Ok(None) if buf.len() >= MAX_HEAD => return Err(err(H1Error::HeadTooLarge, None)),
-            Ok(None) => {}
-            Err(e) => return Err(err(e, None)),
-        }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(FIRST_READ);
-        }
-        match std::future::poll_fn(|cx| {
-            tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf)
-        })
-        .await
-        {
-            Ok(0) => return Err(err(H1Error::Closed, None)),
-            Ok(_) => {}
-            Err(e) => return Err(err(e.into(), None)),
-        }
+            Ok(None) if buf.len() >= MAX_HEAD => H1Error::HeadTooLarge,
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(FIRST_READ);
+                }
+                match std::future::poll_fn(|cx| {
+                    tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf)
+                })
+                .await
+                {
+                    Ok(0) => H1Error::Closed,
+                    Ok(_) => continue,
+                    Err(e) => e.into(),
+                }
+            }
+            Err(e) => e,
+        };
+        return Err(err(failed, req, false));
     };
+    drop(req);
     let mut body = RawBody {
         io: Some(stream),
         buf,

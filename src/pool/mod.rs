@@ -84,6 +84,10 @@ pub struct ExchangeError {
     /// The request itself, when hyper gives it back unsent (a new connection
     /// closed before anything was written): any request may go elsewhere.
     pub unsent: Option<Request<RequestBody>>,
+    /// The request as it was written (its body dropped), given back by
+    /// this crate's HTTP/1.1 client when no complete answer came: a safe
+    /// one may be sent again without a copy kept beforehand.
+    pub sent: Option<Request<RequestBody>>,
 }
 
 impl ExchangeError {
@@ -95,6 +99,7 @@ impl ExchangeError {
             stale: reused && before_response,
             before_response,
             unsent: None,
+            sent: None,
         }
     }
 
@@ -244,6 +249,12 @@ impl Conn {
             ConnKind::H1 { .. } | ConnKind::Raw { .. } => UpstreamProtocol::Http1,
             ConnKind::H2(_) => UpstreamProtocol::H2c,
         }
+    }
+
+    /// Whether this connection is this crate's HTTP/1.1 client's (which
+    /// gives a request back when no answer came).
+    pub fn is_raw(&self) -> bool {
+        matches!(self.kind, ConnKind::Raw { .. })
     }
 
     /// Whether this connection carried earlier requests.

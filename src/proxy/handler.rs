@@ -551,7 +551,11 @@ impl Exchange {
         // upstream (the keep-alive race), or on another endpoint when one dies
         // before answering (bounded by MAX_ATTEMPTS and the retry budget).
         let up = &self.up;
-        let replay = (is_safe(up.method()) && up.body().is_end_stream()).then(|| copy_head(up, ()));
+        let replayable = is_safe(up.method()) && up.body().is_end_stream();
+        // This crate's HTTP/1.1 client gives the request back when no answer
+        // came (`ExchangeError::sent`); hyper's consumes it, so for hyper a
+        // copy of the head is kept before sending.
+        let mut replay: Option<Request<()>> = None;
         proxy.retry_budget.deposit();
         let deadline = tokio::time::Instant::now() + route.settings.timeout;
         trace.connect = Some(connect_started.elapsed());
@@ -567,11 +571,14 @@ impl Exchange {
             host,
             upgrade,
             endpoints,
-            replay: replay.as_ref(),
+            replayable,
         };
         let sent = loop {
             let member = chosen.member(&route.backends);
             let guard = pending.take().unwrap_or_else(|| member.live.begin());
+            if replayable && replay.is_none() && !upstream.is_raw() {
+                replay = Some(copy_head(&self.up, ()));
+            }
             let result = tokio::time::timeout_at(
                 deadline,
                 proxy
@@ -585,7 +592,7 @@ impl Exchange {
             };
             // Boxed: the recovery's state (the error, the unsent request, a
             // checkout) would otherwise sit in every request's future.
-            match Box::pin(retry.recover(&mut tried, e, &endpoint, chosen)).await {
+            match Box::pin(retry.recover(&mut tried, e, &endpoint, chosen, replay.as_ref())).await {
                 Recovery::Again {
                     endpoint: next_ep,
                     chosen: next,
@@ -749,8 +756,8 @@ struct Retry<'a> {
     upgrade: bool,
     /// Endpoints of the route (attempts are bounded by them too).
     endpoints: usize,
-    /// The head of a safe request without a body, to send again.
-    replay: Option<&'a Request<()>>,
+    /// A safe request without a body: it may be sent again.
+    replayable: bool,
 }
 
 /// After a failed send: where to send next, or the error to answer with.
@@ -785,6 +792,7 @@ impl Retry<'_> {
         mut e: crate::pool::ExchangeError,
         endpoint: &Endpoint,
         chosen: Pick,
+        replay: Option<&Request<()>>,
     ) -> Recovery {
         let (proxy, route) = (self.proxy, self.route);
         let tls = route.upstream_tls.is_some();
@@ -840,10 +848,13 @@ impl Retry<'_> {
             }
             return Recovery::Fail(e);
         }
-        let Some(head) = self.replay else {
-            return Recovery::Fail(e);
+        // The request to send again: as given back, or the copy kept.
+        let sent = e.sent.take().filter(|_| self.replayable);
+        let again = match (sent, replay) {
+            (Some(req), _) => req,
+            (None, Some(head)) if self.replayable => copy_head(head, RequestBody::Empty),
+            _ => return Recovery::Fail(e),
         };
-        let again = || copy_head(head, RequestBody::Empty);
         if e.stale {
             // Same endpoint, fresh connection: the endpoint did nothing wrong.
             debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
@@ -855,7 +866,7 @@ impl Retry<'_> {
                         endpoint: endpoint.clone(),
                         chosen,
                         upstream: fresh,
-                        up: again(),
+                        up: again,
                         counted: None,
                     };
                 }
@@ -883,7 +894,7 @@ impl Retry<'_> {
         {
             Ok(c) => {
                 warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, "upstream failed before answering; retrying on another endpoint");
-                let mut req = again();
+                let mut req = again;
                 let pq = req.uri().path_and_query().cloned();
                 set_target(&mut req, c.protocol(), self.host, pq, tls);
                 route.stats.retry();

@@ -135,6 +135,59 @@ async fn connect_failure_goes_to_the_next_endpoint() {
 }
 
 #[tokio::test]
+async fn a_safe_request_goes_to_another_endpoint_when_one_dies_before_answering() {
+    // One endpoint accepts, reads the request and resets: nothing of an
+    // answer. A GET is sent again to the other endpoint; a DELETE is not
+    // (it may have been acted on), and its client gets 502.
+    let alive = Upstream::start("alive").await;
+    let resetter = resetting_upstream().await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[resetter.port(), alive.port()]),
+        route(
+            "default",
+            "r",
+            "2024-01-01T00:00:00Z",
+            "x.example.com",
+            "",
+            "s",
+            &[("haproxy.router.openshift.io/balance", "roundrobin")],
+            ""
+        )
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let c = client();
+    let req = |method: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}/item", r.http))
+            .header("host", "x.example.com")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    // Round robin: of two DELETEs one meets the resetting endpoint.
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        codes.push(send(&c, req("DELETE")).await.status.as_u16());
+    }
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 502], "a DELETE is never sent twice");
+    for i in 0..10 {
+        let reply = send(&c, req("GET")).await;
+        assert_eq!(reply.status, StatusCode::OK, "GET {i}: {}", reply.body);
+        assert_eq!(reply.echoed("name"), Some("alive"));
+    }
+    let m = get(r.admin, "admin", "/metrics", &[]).await.body;
+    let retries: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_route_retries_total") && l.contains("route=\"r\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(retries >= 1.0, "the GETs were retried: {retries}");
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn forwarded_headers_follow_the_route_annotation() {
     let up = Upstream::start("fw").await;
     let ann = "haproxy.router.openshift.io/set-forwarded-headers";
