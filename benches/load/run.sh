@@ -95,7 +95,8 @@
 #                      during it (it is kept, flagged, after the last retry)
 #   BASE_PORT [18080]  nginx = BASE_PORT, gatehouse http/admin = +1/+2,
 #                      haproxy = +3, gatehouse https = +4, haproxy https = +5,
-#                      nginx stub_status = +6
+#                      nginx stub_status = +6, gatehouse-b http/admin/https
+#                      = +7/+8/+12
 #
 # "proxy cpu %" is the proxy's user+system time over the run divided by wall
 # time (100 % = its whole core); "load cpu %" is how busy LOAD_CPU (nginx +
@@ -152,6 +153,7 @@ GHB_ADMIN=$((BASE_PORT + 8))
 HAP_H2=$((BASE_PORT + 9))
 NGINX_TLS=$((BASE_PORT + 10))
 HAP_PASS=$((BASE_PORT + 11))
+GHB_HTTPS=$((BASE_PORT + 12))
 PASS_HOST=pass.bench.local
 RATE=${RATE:-20000}
 IDLE_CONNS=${IDLE_CONNS:-8000}
@@ -560,12 +562,15 @@ $(tail -n 40 "$TMP/gatehouse.log")"
     if [ -n "$GH_B_ARGS$GATEHOUSE_B" ]; then
         read -r -a b_args <<<"$GH_B_ARGS"
         [[ " $GH_B_ARGS " == *" --access-log "* ]] || b_args+=(--access-log "$GH_ACCESS_LOG")
+        [ "$TLS" = 0 ] || b_args+=(--config "$TMP/gatehouse.yaml" --https "127.0.0.1:$GHB_HTTPS")
         start "$PROXY_CPU" "$TMP/gatehouse-b.log" env GATEHOUSE_WORKER_THREADS=1 \
             "${GATEHOUSE_B:-$GATEHOUSE}" run --manifests "$MANIFESTS" \
             --http "127.0.0.1:$GHB_PORT" --admin "127.0.0.1:$GHB_ADMIN" "${b_args[@]}"
         PID[gatehouse-b]=$LAST
         PORT[gatehouse-b]=$GHB_PORT
+        TLSPORT[gatehouse-b]=$GHB_HTTPS
         H2PORT[gatehouse-b]=$GHB_PORT
+        PASSPORT[gatehouse-b]=$GHB_HTTPS
         wait_http "http://127.0.0.1:$GHB_ADMIN/readyz" 200 30 "$LAST" ||
             die "gatehouse-b did not become ready; its log:
 $(tail -n 40 "$TMP/gatehouse-b.log")"

@@ -627,6 +627,39 @@ impl RawBody {
     }
 }
 
+/// A response as this client reads it, from bytes at hand (no I/O): the
+/// final status and the body decoded from what `data` holds. `None`: the
+/// head is incomplete. For fuzzing the parsers with upstream bytes.
+#[doc(hidden)]
+pub fn decode_response(data: &[u8], head_only: bool) -> Result<Option<(u16, Vec<u8>)>, H1Error> {
+    let mut buf = BytesMut::from(data);
+    let mut interim = 0;
+    let (parts, framing) = loop {
+        match parse_head(&mut buf, head_only)? {
+            None => return Ok(None),
+            Some(Parsed::Interim) if interim < MAX_INTERIM => interim += 1,
+            Some(Parsed::Interim) => {
+                return Err(H1Error::Parse("too many interim responses".into()))
+            }
+            Some(Parsed::Final(p, f, _)) => break (p, f),
+        }
+    };
+    let mut body = Vec::new();
+    match framing {
+        Framing::Length(n) => {
+            body.extend_from_slice(&buf[..buf.len().min(n.try_into().unwrap_or(usize::MAX))])
+        }
+        Framing::Chunked(mut st) => {
+            while let Step::Data(d) = chunk_step(&mut st, &mut buf)? {
+                body.extend_from_slice(&d);
+            }
+        }
+        Framing::Close => body.extend_from_slice(&buf),
+        Framing::Done | Framing::Failed => {}
+    }
+    Ok(Some((parts.status.as_u16(), body)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

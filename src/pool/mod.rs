@@ -11,7 +11,7 @@ pub mod fxhash;
 mod h1;
 
 pub use body::{ClientTimedOut, RequestBody, StallTimer, UpstreamBody};
-pub use h1::{H1Error, RawBody};
+pub use h1::{decode_response, H1Error, RawBody};
 
 use crate::io::Flat;
 use crate::table::{Endpoint, UpstreamProtocol, UpstreamTls};
