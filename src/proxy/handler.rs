@@ -800,64 +800,21 @@ impl Retry<'_> {
         if !e.stale {
             member.live.record_failure(&proxy.health);
         }
-        // Nothing was written: the request, body and all, may go out again
-        // whatever its method. A pooled connection found dead: the same
-        // endpoint on a fresh one first (the endpoint did nothing wrong);
-        // else another endpoint.
-        if let Some(mut unsent) = e.unsent.take() {
-            if e.stale {
-                let protocol = chosen.resolve(&route.backends).0.protocol;
-                if let Ok(fresh) = proxy.upstreams.connect(endpoint, protocol, self.via).await {
-                    debug!(%endpoint, "pooled connection was closed before the request was written; sending it on a fresh one");
-                    let pq = unsent.uri().path_and_query().cloned();
-                    set_target(&mut unsent, fresh.protocol(), self.host, pq, tls);
-                    route.stats.retry();
-                    return Recovery::Again {
-                        endpoint: endpoint.clone(),
-                        chosen,
-                        upstream: fresh,
-                        up: unsent,
-                        counted: None,
-                    };
-                }
-                member.live.record_failure(&proxy.health);
+        // What to send again. Nothing written (`unsent`): the request, body
+        // and all, whatever its method. Else a safe request without a body:
+        // as the client gave it back, or the copy kept.
+        let (mut req, unwritten) = match (e.unsent.take(), e.sent.take(), replay) {
+            (Some(req), ..) => (req, true),
+            (None, Some(req), _) if self.replayable => (req, false),
+            (None, _, Some(head)) if self.replayable => {
+                (copy_head(head, RequestBody::Empty), false)
             }
-            tried.push(chosen);
-            let next = (tried.len() < MAX_ATTEMPTS.min(self.endpoints))
-                .then(|| self.pick_counted(tried))
-                .flatten();
-            if let Some((next, counted)) = next {
-                let (group, next_ep) = next.resolve(&route.backends);
-                if let Ok(c) = proxy
-                    .upstreams
-                    .checkout(next_ep, protocol_for(group, self.upgrade), self.via)
-                    .await
-                {
-                    debug!(%endpoint, next = %next_ep, "new upstream connection closed before the request was written; sending it elsewhere");
-                    let pq = unsent.uri().path_and_query().cloned();
-                    set_target(&mut unsent, c.protocol(), self.host, pq, tls);
-                    route.stats.retry();
-                    return Recovery::Again {
-                        endpoint: next_ep.clone(),
-                        chosen: next,
-                        upstream: c,
-                        up: unsent,
-                        counted: Some(counted),
-                    };
-                }
-            }
-            return Recovery::Fail(e);
-        }
-        // The request to send again: as given back, or the copy kept.
-        let sent = e.sent.take().filter(|_| self.replayable);
-        let again = match (sent, replay) {
-            (Some(req), _) => req,
-            (None, Some(head)) if self.replayable => copy_head(head, RequestBody::Empty),
             _ => return Recovery::Fail(e),
         };
         if e.stale {
-            // Same endpoint, fresh connection: the endpoint did nothing wrong.
-            debug!(%endpoint, error = %e.source, "pooled connection was closed by the upstream; replaying");
+            // A pooled connection the upstream had closed: the same
+            // endpoint on a fresh one (the endpoint did nothing wrong).
+            debug!(%endpoint, error = %e.source, unwritten, "pooled connection was closed by the upstream; sending again on a fresh one");
             let protocol = chosen.resolve(&route.backends).0.protocol;
             match proxy.upstreams.connect(endpoint, protocol, self.via).await {
                 Ok(fresh) => {
@@ -866,7 +823,7 @@ impl Retry<'_> {
                         endpoint: endpoint.clone(),
                         chosen,
                         upstream: fresh,
-                        up: again,
+                        up: req,
                         counted: None,
                     };
                 }
@@ -877,9 +834,11 @@ impl Retry<'_> {
             }
         }
         tried.push(chosen);
-        if !e.before_response
-            || tried.len() >= MAX_ATTEMPTS.min(self.endpoints)
-            || !proxy.retry_budget.withdraw()
+        // Another endpoint: always for an unwritten request; for one that
+        // went out, only when nothing of an answer came, and within the
+        // retry budget.
+        if tried.len() >= MAX_ATTEMPTS.min(self.endpoints)
+            || !unwritten && (!e.before_response || !proxy.retry_budget.withdraw())
         {
             return Recovery::Fail(e);
         }
@@ -893,8 +852,7 @@ impl Retry<'_> {
             .await
         {
             Ok(c) => {
-                warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, "upstream failed before answering; retrying on another endpoint");
-                let mut req = again;
+                warn!(route = %route.name, namespace = %route.namespace, %endpoint, next = %next_ep, error = %e.source, unwritten, "upstream failed before answering; retrying on another endpoint");
                 let pq = req.uri().path_and_query().cloned();
                 set_target(&mut req, c.protocol(), self.host, pq, tls);
                 route.stats.retry();
