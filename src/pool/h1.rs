@@ -33,6 +33,9 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
+/// Chunk extensions (ignored) accepted over one body, as hyper's client: a
+/// body of 1-byte chunks each with a 4 KiB extension is refused early.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// First read of an exchange; doubled while reads fill it, up to `MAX_READ`.
 const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
@@ -195,6 +198,7 @@ pub(crate) async fn exchange(
         back: Some(back),
         next_read: FIRST_READ,
         failed: None,
+        ext_left: MAX_CHUNK_EXTENSIONS,
     };
     if body.framing == Framing::Length(0) {
         body.finish();
@@ -368,7 +372,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn chunk_step(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, H1Error> {
+/// `ext_left`: the body's remaining allowance of chunk-extension bytes.
+fn chunk_step(
+    state: &mut Chunked,
+    buf: &mut BytesMut,
+    ext_left: &mut usize,
+) -> Result<Step, H1Error> {
     loop {
         match *state {
             Chunked::Size => {
@@ -384,6 +393,11 @@ fn chunk_step(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, H1Error> 
                 // control byte in them is no chunk line.
                 if line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
                     return Err(H1Error::Chunked);
+                }
+                if let Some(semi) = line.iter().position(|&b| b == b';') {
+                    *ext_left = ext_left
+                        .checked_sub(line.len() - semi)
+                        .ok_or(H1Error::Chunked)?;
                 }
                 let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
                 let digits = digits.trim_ascii();
@@ -475,6 +489,8 @@ pub struct RawBody {
     next_read: usize,
     /// An error held back for one poll (see [`RawBody::poll_frame`]).
     failed: Option<H1Error>,
+    /// Chunk-extension bytes still accepted (`MAX_CHUNK_EXTENSIONS`).
+    ext_left: usize,
 }
 
 impl std::fmt::Debug for RawBody {
@@ -542,22 +558,24 @@ impl RawBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Framing::Length(_) => {}
-                Framing::Chunked(state) => match chunk_step(state, &mut self.buf) {
-                    Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
-                    Ok(Step::Trailers(t)) => {
-                        self.finish();
-                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                Framing::Chunked(state) => {
+                    match chunk_step(state, &mut self.buf, &mut self.ext_left) {
+                        Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                        Ok(Step::Trailers(t)) => {
+                            self.finish();
+                            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                        }
+                        Ok(Step::End) => {
+                            self.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(Step::More) => {}
+                        Err(e) => {
+                            self.fail();
+                            return Poll::Ready(Some(Err(e)));
+                        }
                     }
-                    Ok(Step::End) => {
-                        self.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(Step::More) => {}
-                    Err(e) => {
-                        self.fail();
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                },
+                }
                 Framing::Close if !self.buf.is_empty() => {
                     let data = self.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -650,7 +668,8 @@ pub fn decode_response(data: &[u8], head_only: bool) -> Result<Option<(u16, Vec<
             body.extend_from_slice(&buf[..buf.len().min(n.try_into().unwrap_or(usize::MAX))])
         }
         Framing::Chunked(mut st) => {
-            while let Step::Data(d) = chunk_step(&mut st, &mut buf)? {
+            let mut ext_left = MAX_CHUNK_EXTENSIONS;
+            while let Step::Data(d) = chunk_step(&mut st, &mut buf, &mut ext_left)? {
                 body.extend_from_slice(&d);
             }
         }
@@ -667,9 +686,10 @@ mod tests {
     fn chunks(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, bool), H1Error> {
         let mut buf = BytesMut::from(input);
         let mut st = Chunked::Size;
+        let mut ext_left = MAX_CHUNK_EXTENSIONS;
         let (mut data, mut trailers) = (Vec::new(), None);
         loop {
-            match chunk_step(&mut st, &mut buf)? {
+            match chunk_step(&mut st, &mut buf, &mut ext_left)? {
                 Step::Data(d) => data.extend_from_slice(&d),
                 Step::Trailers(t) => {
                     trailers = Some(t);
@@ -703,6 +723,15 @@ mod tests {
             chunks(b"5;a\nb\r\nhello\r\n").is_err(),
             "LF inside an extension"
         );
+        // 1-byte chunks with 1 KiB extensions: refused past 16 KiB of them.
+        let ext = format!(";{}", "e".repeat(1023));
+        let many: String = (0..20).map(|_| format!("1{ext}\r\nx\r\n")).collect();
+        assert!(
+            chunks(many.as_bytes()).is_err(),
+            "extension allowance spent"
+        );
+        let few: String = (0..15).map(|_| format!("1{ext}\r\nx\r\n")).collect();
+        assert_eq!(chunks(few.as_bytes()).unwrap().0.len(), 15, "within it");
         assert!(chunks(&[b'1'; 5000]).is_err(), "endless size line");
     }
 
