@@ -251,14 +251,16 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1E
     }
     let head = buf.split_to(len).freeze();
     let mut map = HeaderMap::with_capacity(n);
+    let mut seen = Seen::default();
     for &(n0, n1, v0, v1) in &at[..n] {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| H1Error::Parse("invalid header name".into()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
             .map_err(|_| H1Error::Parse("invalid header value".into()))?;
+        seen.note(&name, value.as_bytes());
         map.append(name, value);
     }
-    let (framing, keep_alive) = framing(&mut map, status, version, head_only)?;
+    let (framing, keep_alive) = framing(&seen, &mut map, status, version, head_only)?;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
@@ -266,25 +268,67 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1E
     Ok(Some(Parsed::Final(parts, framing, keep_alive)))
 }
 
+/// What a head's headers say about framing and reuse, noted as they are
+/// read (one pass; looking each up in the map afterwards was three hash
+/// lookups per response).
+#[derive(Default)]
+struct Seen {
+    /// `Connection` tokens.
+    close: bool,
+    keep: bool,
+    /// A `Transfer-Encoding`, and whether its last coding is chunked.
+    coded: bool,
+    chunked: bool,
+    length: Option<u64>,
+    bad_length: Option<&'static str>,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == http::header::CONNECTION {
+            for t in value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == http::header::TRANSFER_ENCODING {
+            // The last header's last coding decides.
+            self.coded = true;
+            self.chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == http::header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                // Digits only (`+5` parses as a u64 but is no length).
+                let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten();
+                match n {
+                    None => self.bad_length = Some("invalid content-length"),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
+                        self.bad_length = Some("conflicting content-length")
+                    }
+                    Some(n) => self.length = Some(n),
+                }
+            }
+        }
+    }
+}
+
 /// How the body is delimited (RFC 9112 §6.3), and whether the connection
 /// may carry another request afterwards.
 fn framing(
+    seen: &Seen,
     headers: &mut HeaderMap,
     status: StatusCode,
     version: Version,
     head_only: bool,
 ) -> Result<(Framing, bool), H1Error> {
-    let (mut close, mut keep) = (false, false);
-    for v in headers.get_all(http::header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',') {
-            let t = t.trim();
-            close |= t.eq_ignore_ascii_case("close");
-            keep |= t.eq_ignore_ascii_case("keep-alive");
-        }
-    }
     // `close` wins wherever it appears; HTTP/1.0 keeps the connection only
     // when asked to.
-    let mut keep_alive = !close && (version == Version::HTTP_11 || keep);
+    let mut keep_alive = !seen.close && (version == Version::HTTP_11 || seen.keep);
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // Not asked for (upgrades go through hyper): nothing more on it.
         return Ok((Framing::Length(0), false));
@@ -292,16 +336,7 @@ fn framing(
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), keep_alive));
     }
-    if let Some(te) = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    if seen.coded {
         if headers.remove(http::header::CONTENT_LENGTH).is_some() || version == Version::HTTP_10 {
             // Both: the length is ignored, and the connection is not
             // trusted with another request (RFC 9112 §6.3, smuggling);
@@ -309,30 +344,16 @@ fn framing(
             // (§6.1).
             keep_alive = false;
         }
-        return Ok(if chunked {
+        return Ok(if seen.chunked {
             (Framing::Chunked(Chunked::Size), keep_alive)
         } else {
             (Framing::Close, false)
         });
     }
-    let mut length = None;
-    for v in headers.get_all(http::header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            // Digits only (`+5` parses as a u64 but is no content-length).
-            let n: u64 = part
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| part.parse().ok())
-                .flatten()
-                .ok_or_else(|| H1Error::Parse("invalid content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::Parse("conflicting content-length".into()));
-            }
-            length = Some(n);
-        }
+    if let Some(e) = seen.bad_length {
+        return Err(H1Error::Parse(e.into()));
     }
-    Ok(match length {
+    Ok(match seen.length {
         Some(n) => (Framing::Length(n), keep_alive),
         None => (Framing::Close, false),
     })
