@@ -163,13 +163,8 @@ pub(crate) async fn exchange(
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     let mut interim = 0;
     let (parts, framing, keep_alive) = loop {
-        let failed = match parse_head(&mut buf, head_only) {
-            Ok(Some(Parsed::Interim)) if interim < MAX_INTERIM => {
-                interim += 1;
-                continue;
-            }
-            Ok(Some(Parsed::Interim)) => H1Error::Parse("too many interim responses".into()),
-            Ok(Some(Parsed::Final(p, f, k))) => break (p, f, k),
+        let failed = match parse_head(&mut buf, head_only, &mut interim) {
+            Ok(Some(head)) => break head,
             Ok(None) if buf.len() >= MAX_HEAD => H1Error::HeadTooLarge,
             Ok(None) => {
                 if buf.capacity() - buf.len() < 1024 {
@@ -206,66 +201,76 @@ pub(crate) async fn exchange(
     Ok(Response::from_parts(parts, body))
 }
 
-enum Parsed {
-    /// A 1xx other than 101: skipped (hyper's client does the same).
-    Interim,
-    Final(http::response::Parts, Framing, bool),
-}
+/// A final response head: its parts, how its body is framed, and whether
+/// the connection may be reused after it.
+type Head = (http::response::Parts, Framing, bool);
 
-/// Parse a response head from the front of `buf` (removed from it when
-/// complete). `None`: incomplete.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut headers);
-    let len = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(H1Error::Parse(e.to_string())),
-    };
-    let code = r.code.unwrap_or(0);
-    let status =
-        StatusCode::from_u16(code).map_err(|_| H1Error::Parse(format!("status code {code}")))?;
-    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-        buf.advance(len);
-        return Ok(Some(Parsed::Interim));
+/// Parse the final response head from the front of `buf` (removed from it
+/// when complete), skipping interim 1xx ones other than 101 as hyper's
+/// client does; `interim` counts them over the exchange (at most
+/// `MAX_INTERIM`). `None`: incomplete.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    interim: &mut usize,
+) -> Result<Option<Head>, H1Error> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut headers);
+        let len = match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(H1Error::Parse(e.to_string())),
+        };
+        let code = r.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| H1Error::Parse(format!("status code {code}")))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            if *interim >= MAX_INTERIM {
+                return Err(H1Error::Parse("too many interim responses".into()));
+            }
+            *interim += 1;
+            buf.advance(len);
+            continue;
+        }
+        let version = if r.version == Some(1) {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        // Where each header's name and value sit in the head, so the values
+        // can share its bytes instead of being copied one by one.
+        let base = buf.as_ptr() as usize;
+        let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let n = r.headers.len();
+        for (slot, h) in at.iter_mut().zip(r.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *slot = (
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            );
+        }
+        let head = buf.split_to(len).freeze();
+        let mut map = HeaderMap::with_capacity(n);
+        let mut seen = Seen::default();
+        for &(n0, n1, v0, v1) in &at[..n] {
+            let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+                .map_err(|_| H1Error::Parse("invalid header name".into()))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+                .map_err(|_| H1Error::Parse("invalid header value".into()))?;
+            seen.note(&name, value.as_bytes());
+            map.append(name, value);
+        }
+        let (framing, keep_alive) = framing(&seen, &mut map, status, version, head_only)?;
+        let mut parts = Response::new(()).into_parts().0;
+        parts.status = status;
+        parts.version = version;
+        parts.headers = map;
+        return Ok(Some((parts, framing, keep_alive)));
     }
-    let version = if r.version == Some(1) {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    // Where each header's name and value sit in the head, so the values
-    // can share its bytes instead of being copied one by one.
-    let base = buf.as_ptr() as usize;
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let n = r.headers.len();
-    for (slot, h) in at.iter_mut().zip(r.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *slot = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
-    }
-    let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(n);
-    let mut seen = Seen::default();
-    for &(n0, n1, v0, v1) in &at[..n] {
-        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-            .map_err(|_| H1Error::Parse("invalid header name".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
-            .map_err(|_| H1Error::Parse("invalid header value".into()))?;
-        seen.note(&name, value.as_bytes());
-        map.append(name, value);
-    }
-    let (framing, keep_alive) = framing(&seen, &mut map, status, version, head_only)?;
-    let mut parts = Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.version = version;
-    parts.headers = map;
-    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
 }
 
 /// What a head's headers say about framing and reuse, noted as they are
@@ -672,16 +677,8 @@ impl RawBody {
 #[doc(hidden)]
 pub fn decode_response(data: &[u8], head_only: bool) -> Result<Option<(u16, Vec<u8>)>, H1Error> {
     let mut buf = BytesMut::from(data);
-    let mut interim = 0;
-    let (parts, framing) = loop {
-        match parse_head(&mut buf, head_only)? {
-            None => return Ok(None),
-            Some(Parsed::Interim) if interim < MAX_INTERIM => interim += 1,
-            Some(Parsed::Interim) => {
-                return Err(H1Error::Parse("too many interim responses".into()))
-            }
-            Some(Parsed::Final(p, f, _)) => break (p, f),
-        }
+    let Some((parts, framing, _)) = parse_head(&mut buf, head_only, &mut 0)? else {
+        return Ok(None);
     };
     let mut body = Vec::new();
     match framing {
@@ -761,13 +758,7 @@ mod tests {
         head_only: bool,
     ) -> Result<(http::response::Parts, Framing, bool), H1Error> {
         let mut buf = BytesMut::from(input);
-        loop {
-            match parse_head(&mut buf, head_only)? {
-                Some(Parsed::Interim) => continue,
-                Some(Parsed::Final(p, f, k)) => return Ok((p, f, k)),
-                None => return Err(H1Error::Closed),
-            }
-        }
+        parse_head(&mut buf, head_only, &mut 0)?.ok_or(H1Error::Closed)
     }
 
     #[test]
