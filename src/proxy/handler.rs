@@ -546,8 +546,8 @@ impl Exchange {
                 }
             }
         };
-        // A safe request without a body keeps its head so it can go out again:
-        // on a fresh connection when a pooled one turns out closed by the
+        // A safe request without a body may go out again: on a fresh
+        // connection when a pooled one turns out closed by the
         // upstream (the keep-alive race), or on another endpoint when one dies
         // before answering (bounded by MAX_ATTEMPTS and the retry budget).
         let up = &self.up;
