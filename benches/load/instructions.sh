@@ -66,9 +66,8 @@ HOST=hello.bench.local
 # say, die, TMP, PIDS, cleanup on exit.
 # shellcheck source=benches/load/lib.sh
 source benches/load/lib.sh
-for tool in valgrind callgrind_control h2load nginx haproxy curl; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y valgrind nghttp2-client nginx-light haproxy curl)"
-done
+need valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client nginx:nginx-light \
+    haproxy:haproxy curl:curl
 
 if [ "$SKIP_BUILD" != 1 ]; then
     say "cargo build --release"

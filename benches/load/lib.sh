@@ -11,6 +11,30 @@ die() {
     exit 1
 }
 
+# need COMMAND:PACKAGE ...: installs the Debian package of every command that
+# is missing (one apt-get run), so a fresh machine needs no setup step; as a
+# non-root user it names the packages to install and stops. A COMMAND that
+# starts with / is a file that must exist (a header, say).
+have() { case $1 in /*) [ -e "$1" ] ;; *) command -v "$1" >/dev/null ;; esac; }
+need() {
+    local missing=() pkgs=() pair
+    for pair in "$@"; do
+        have "${pair%%:*}" && continue
+        missing+=("${pair%%:*}")
+        pkgs+=("${pair#*:}")
+    done
+    [ ${#pkgs[@]} -gt 0 ] || return 0
+    [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: run 'apt-get install -y ${pkgs[*]}' as root"
+    say "installing ${pkgs[*]} (missing: ${missing[*]})"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${pkgs[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null && apt-get install -y -qq "${pkgs[@]}" >/dev/null; } ||
+        die "apt-get install ${pkgs[*]} failed"
+    for pair in "$@"; do
+        have "${pair%%:*}" || die "${pair%%:*} still missing after installing ${pair#*:}"
+    done
+}
+
 TMP=$(mktemp -d /tmp/gatehouse-load.XXXXXX)
 PIDS=()
 cleanup() {

@@ -38,9 +38,7 @@ PROXY_PORT=$((BASE_PORT + 1))
 # say, die, TMP, PIDS, cleanup on exit.
 # shellcheck source=benches/load/lib.sh
 source benches/load/lib.sh
-for tool in nginx wrk taskset python3 curl; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y nginx-light wrk util-linux python3 curl)"
-done
+need nginx:nginx-light wrk:wrk taskset:util-linux python3:python3 curl:curl
 
 if [ "$SKIP_BUILD" != 1 ]; then
     cargo build --release --bin gatehouse >&2 || die "cargo build --release failed"

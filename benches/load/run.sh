@@ -70,7 +70,8 @@
 #   the TLS scenarios watch "load cpu %": wrk's own TLS work shares LOAD_CPU
 #   with nginx, and near 100 % the load side is the limit.
 #
-# Usage (from the repo root; needs root only to apt-get install nginx-light):
+# Usage (from the repo root; as root it apt-get installs the tools it misses:
+# wrk, nghttp2-client, haproxy, nginx-light, libssl-dev, ...):
 #   bash benches/load/run.sh
 #   DURATION=5 ROUNDS=3 CONNECTIONS=100 bash benches/load/run.sh
 #   SCENARIOS="tls-handshake tls-resume" bash benches/load/run.sh
@@ -191,22 +192,11 @@ if [[ " ${SCEN[*]} " == *" swap "* ]] && [ "$FILLER" -lt 10000 ]; then
     FILLER=10000
 fi
 
-for tool in wrk h2load python3 curl taskset haproxy awk; do
-    command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y $tool)"
-done
+need wrk:wrk h2load:nghttp2-client python3:python3 curl:curl taskset:util-linux \
+    haproxy:haproxy awk:gawk nginx:nginx-light
 if [ "$TLS" = 1 ]; then
-    command -v openssl >/dev/null || die "openssl is not installed (apt-get install -y openssl)"
-    command -v cc >/dev/null || die "cc is not installed (apt-get install -y gcc libssl-dev): the TLS scenarios need wrk_tls_shim.so"
-    [ -e /usr/include/openssl/ssl.h ] || die "OpenSSL headers missing (apt-get install -y libssl-dev): the TLS scenarios need wrk_tls_shim.so"
-fi
-if ! command -v nginx >/dev/null; then
-    say "nginx not found; installing nginx-light"
-    if [ "$(id -u)" = 0 ]; then
-        apt-get install -y nginx-light >/dev/null ||
-            { apt-get update >/dev/null && apt-get install -y nginx-light >/dev/null; } || true
-    fi
-    command -v nginx >/dev/null ||
-        die "nginx is missing and could not be installed: run 'apt-get install -y nginx-light' as root"
+    # the TLS scenarios build wrk_tls_shim.so against OpenSSL
+    need openssl:openssl cc:gcc /usr/include/openssl/ssl.h:libssl-dev
 fi
 ncpu=$(nproc)
 [ "$PROXY_CPU" -lt "$ncpu" ] && [ "$LOAD_CPU" -lt "$ncpu" ] ||
