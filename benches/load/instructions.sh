@@ -29,6 +29,7 @@
 #   bash benches/load/instructions.sh
 #   REQUESTS=50000 VARIANTS=gatehouse bash benches/load/instructions.sh
 #   PROTO=h2 VARIANTS="gatehouse haproxy" bash benches/load/instructions.sh
+#   PROTO=close VARIANTS="gatehouse haproxy" REQUESTS=5000 bash benches/load/instructions.sh
 #
 # Environment: REQUESTS [20000], CONNECTIONS [10], WARMUP [2000], FILLER
 # [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv),
@@ -51,8 +52,11 @@ PROTO=${PROTO:-h1}
 STREAMS=${STREAMS:-10}
 case $PROTO in
 h1) H2LOAD_PROTO="--h1" H2_BIND="" SUFFIX="" CURL_PROTO="" ;;
+# close: a new connection per request (Connection: close), sent by a small
+# Python client (h2load cannot reconnect per request); as h1-close in run.sh.
+close) H2LOAD_PROTO="" H2_BIND="" SUFFIX="-close" CURL_PROTO="" ;;
 h2) H2LOAD_PROTO="-m $STREAMS" H2_BIND=" proto h2" SUFFIX="-h2" CURL_PROTO="--http2-prior-knowledge" ;;
-*) echo "PROTO is h1 or h2" >&2; exit 2 ;;
+*) echo "PROTO is h1, h2 or close" >&2; exit 2 ;;
 esac
 BASE_PORT=${BASE_PORT:-18380}
 RECORD=${RECORD:-1}
@@ -240,7 +244,40 @@ counted() {
     echo "$total"
 }
 
+# One request per connection, CONNECTIONS at a time; fails unless every
+# answer is a 200.
+close_load() { # requests
+    python3 - "$1" "$CONNECTIONS" "$PROXY_PORT" "$HOST" <<'PYEOF'
+import socket, sys, threading
+n, conns, port, host = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+req = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+lock, left, bad = threading.Lock(), [n], []
+def worker():
+    while True:
+        with lock:
+            if left[0] == 0:
+                return
+            left[0] -= 1
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(req)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        if not data.startswith(b"HTTP/1.1 200"):
+            bad.append(data[:80])
+ts = [threading.Thread(target=worker) for _ in range(conns)]
+for t in ts: t.start()
+for t in ts: t.join()
+if bad:
+    sys.exit(f"{len(bad)} of {n} requests did not get a 200: {bad[0]!r}")
+PYEOF
+}
+
 load() { # requests
+    if [ "$PROTO" = close ]; then
+        close_load "$1" || die "close_load failed"
+        return
+    fi
     h2load $H2LOAD_PROTO -n "$1" -c "$CONNECTIONS" -H ":authority: $HOST" "http://127.0.0.1:$PROXY_PORT/" >"$TMP/h2load.txt" 2>&1 ||
         die "h2load failed: $(cat "$TMP/h2load.txt")"
     local ok
@@ -278,7 +315,7 @@ for v in $VARIANTS; do
 done
 
 echo
-echo "instructions per request (callgrind, user space; h2load $H2LOAD_PROTO -c $CONNECTIONS, $REQUESTS requests, $((FILLER + 1)) routes), commit $COMMIT"
+echo "instructions per request (callgrind, user space; $([ "$PROTO" = close ] && echo "one connection per request" || echo "h2load $H2LOAD_PROTO") -c $CONNECTIONS, $REQUESTS requests, $((FILLER + 1)) routes), commit $COMMIT"
 for v in $VARIANTS scrape; do
     [ -n "${PER[$v]:-}" ] || continue
     printf '  %-16s %10s%s\n' "$v" "${PER[$v]}" "$([ "$v" = scrape ] && echo '  (one /metrics scrape)')"
