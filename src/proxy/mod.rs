@@ -323,18 +323,21 @@ pub(crate) fn serve_conn<I>(
     let span = tracing::debug_span!("conn", %peer, tls = info.tls);
     let server = server.clone();
     use tracing::Instrument as _;
-    tokio::spawn(
-        async move {
-            tokio::select! {
-                _ = conn::drive(&server, io, info.clone(), svc, drain) => {}
-                _ = info.cancels.close.notified() => {
-                    warn!(%peer, "closing a client connection that cancels most of its requests (HTTP/2 rapid reset?)");
-                }
+    // Boxed before it is spawned: tokio moves a task's future by value a
+    // few times on spawn and writes its whole stage again when it ends; a
+    // pointer instead of the connection's 1.3 KB state machine makes those
+    // copies a few bytes each (callgrind, h1-close: 45,298 -> 44,709
+    // instructions per connection).
+    let conn = async move {
+        tokio::select! {
+            _ = conn::drive(&server, io, info.clone(), svc, drain) => {}
+            _ = info.cancels.close.notified() => {
+                warn!(%peer, "closing a client connection that cancels most of its requests (HTTP/2 rapid reset?)");
             }
-            drop(open);
         }
-        .instrument(span),
-    );
+        drop(open);
+    };
+    tokio::spawn(Box::pin(conn.instrument(span)));
 }
 
 /// The per-connection service: every request through `handler::handle`, in
