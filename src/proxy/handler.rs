@@ -579,20 +579,22 @@ impl Exchange {
             if replayable && replay.is_none() && !upstream.is_raw() {
                 replay = Some(copy_head(&self.up, ()));
             }
-            let result = tokio::time::timeout_at(
-                deadline,
-                proxy
-                    .upstreams
-                    .send(&endpoint, upstream, take(&mut self.up), &via),
-            )
-            .await;
-            let e = match result {
-                Ok(Err(e)) => e,
+            let sending = proxy
+                .upstreams
+                .send(&endpoint, upstream, take(&mut self.up), &via);
+            // The answer and the error live inside this statement only: held
+            // across the recovery's await, they (and a named future) would
+            // take room in every request's future and be copied with it.
+            let recovery = match tokio::time::timeout_at(deadline, sending).await {
+                // Boxed: the recovery's state (the error, the unsent
+                // request, a checkout) would otherwise sit in every
+                // request's future.
+                Ok(Err(e)) => {
+                    Box::pin(retry.recover(&mut tried, e, &endpoint, chosen, replay.as_ref()))
+                }
                 other => break (other, chosen, endpoint, guard),
             };
-            // Boxed: the recovery's state (the error, the unsent request, a
-            // checkout) would otherwise sit in every request's future.
-            match Box::pin(retry.recover(&mut tried, e, &endpoint, chosen, replay.as_ref())).await {
+            match recovery.await {
                 Recovery::Again {
                     endpoint: next_ep,
                     chosen: next,
