@@ -257,8 +257,8 @@ fn parse_head(
         let mut map = HeaderMap::with_capacity(n);
         let mut seen = Seen::default();
         for &(n0, n1, v0, v1) in &at[..n] {
-            let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-                .map_err(|_| H1Error::Parse("invalid header name".into()))?;
+            let name = header_name(&head[n0 as usize..n1 as usize])
+                .ok_or_else(|| H1Error::Parse("invalid header name".into()))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
                 .map_err(|_| H1Error::Parse("invalid header value".into()))?;
             seen.note(&name, value.as_bytes());
@@ -271,6 +271,34 @@ fn parse_head(
         parts.headers = map;
         return Ok(Some((parts, framing, keep_alive)));
     }
+}
+
+/// A response header's name. The names servers send most, spelled as they
+/// send them (canonical case, or lower case), are matched whole: that is a
+/// length switch and a compare or two, where `HeaderName::from_bytes`
+/// lower-cases the name into a buffer and then looks it up among every
+/// standard header (~140 instructions each; five headers from nginx).
+fn header_name(name: &[u8]) -> Option<HeaderName> {
+    use http::header::*;
+    let known = match name {
+        b"Date" | b"date" => DATE,
+        b"Server" | b"server" => SERVER,
+        b"Content-Type" | b"content-type" => CONTENT_TYPE,
+        b"Content-Length" | b"content-length" => CONTENT_LENGTH,
+        b"Connection" | b"connection" => CONNECTION,
+        b"Transfer-Encoding" | b"transfer-encoding" => TRANSFER_ENCODING,
+        b"Cache-Control" | b"cache-control" => CACHE_CONTROL,
+        b"Last-Modified" | b"last-modified" => LAST_MODIFIED,
+        b"ETag" | b"Etag" | b"etag" => ETAG,
+        b"Accept-Ranges" | b"accept-ranges" => ACCEPT_RANGES,
+        b"Set-Cookie" | b"set-cookie" => SET_COOKIE,
+        b"Location" | b"location" => LOCATION,
+        b"Vary" | b"vary" => VARY,
+        b"Expires" | b"expires" => EXPIRES,
+        b"Content-Encoding" | b"content-encoding" => CONTENT_ENCODING,
+        _ => return HeaderName::from_bytes(name).ok(),
+    };
+    Some(known)
 }
 
 /// What a head's headers say about framing and reuse, noted as they are
@@ -700,6 +728,36 @@ pub fn decode_response(data: &[u8], head_only: bool) -> Result<Option<(u16, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_match_what_http_parses_in_any_spelling() {
+        for name in [
+            "Date",
+            "date",
+            "DATE",
+            "Server",
+            "Content-Type",
+            "content-type",
+            "CONTENT-LENGTH",
+            "Content-length",
+            "Connection",
+            "transfer-encoding",
+            "ETag",
+            "Etag",
+            "Vary",
+            "X-Request-Id",
+            "x-custom",
+            "Keep-Alive",
+            "Set-Cookie",
+            "content-encoding",
+        ] {
+            let expect = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(header_name(name.as_bytes()), Some(expect), "{name}");
+        }
+        for bad in ["", "Bad Name", "Dat\u{e9}", "a:b", "Content-Type\0"] {
+            assert_eq!(header_name(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
 
     fn chunks(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, bool), H1Error> {
         let mut buf = BytesMut::from(input);
