@@ -38,6 +38,9 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 /// First read of an exchange; doubled while reads fill it, up to `MAX_READ`.
 const FIRST_READ: usize = 8 * 1024;
+/// Response heads with up to this many headers note where each sits in a
+/// stack array; more (up to `MAX_HEADERS`) in a `Vec`.
+const FEW_HEADERS: usize = 24;
 const MAX_READ: usize = 256 * 1024;
 /// Interim (1xx) responses skipped before the final one.
 const MAX_INTERIM: usize = 16;
@@ -215,9 +218,17 @@ fn parse_head(
     interim: &mut usize,
 ) -> Result<Option<Head>, H1Error> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut headers);
-        let len = match r.parse(buf) {
+        // Left uninitialised: httparse writes only the headers it finds
+        // (an EMPTY_HEADER array is 3.2 KB of stores per response).
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut r,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(H1Error::Parse(e.to_string())),
@@ -240,9 +251,17 @@ fn parse_head(
         };
         // Where each header's name and value sit in the head, so the values
         // can share its bytes instead of being copied one by one.
+        // (On the stack for the usual few headers, not zeroed for all 100.)
         let base = buf.as_ptr() as usize;
-        let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let n = r.headers.len();
+        let mut few = [(0u32, 0u32, 0u32, 0u32); FEW_HEADERS];
+        let mut many = Vec::new();
+        let at = if n <= FEW_HEADERS {
+            &mut few[..n]
+        } else {
+            many.resize(n, (0, 0, 0, 0));
+            &mut many[..]
+        };
         for (slot, h) in at.iter_mut().zip(r.headers.iter()) {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
@@ -256,7 +275,7 @@ fn parse_head(
         let head = buf.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(n);
         let mut seen = Seen::default();
-        for &(n0, n1, v0, v1) in &at[..n] {
+        for &(n0, n1, v0, v1) in at.iter() {
             let name = header_name(&head[n0 as usize..n1 as usize])
                 .ok_or_else(|| H1Error::Parse("invalid header name".into()))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
