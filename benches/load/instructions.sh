@@ -70,7 +70,7 @@ HOST=hello.bench.local
 # say, die, TMP, PIDS, cleanup on exit.
 # shellcheck source=benches/load/lib.sh
 source benches/load/lib.sh
-need valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client nginx:nginx-light \
+need valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client nginx:nginx-light python3:python3 \
     haproxy:haproxy curl:curl
 
 if [ "$SKIP_BUILD" != 1 ]; then
