@@ -467,13 +467,12 @@ fn chunk_step(
                 if line.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
                     return Err(H1Error::Chunked);
                 }
-                if let Some(semi) = line.iter().position(|&b| b == b';') {
-                    *ext_left = ext_left
-                        .checked_sub(line.len() - semi)
-                        .ok_or(H1Error::Chunked)?;
-                }
-                let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
-                let digits = digits.trim_ascii();
+                // The size, then any extensions (ignored, but counted).
+                let semi = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+                *ext_left = ext_left
+                    .checked_sub(line.len() - semi)
+                    .ok_or(H1Error::Chunked)?;
+                let digits = line[..semi].trim_ascii();
                 if digits.is_empty() {
                     return Err(H1Error::Chunked);
                 }

@@ -583,8 +583,8 @@ impl Exchange {
                 .upstreams
                 .send(&endpoint, upstream, take(&mut self.up), &via);
             // The answer and the error live inside this statement only: held
-            // across the recovery's await, they (and a named future) would
-            // take room in every request's future and be copied with it.
+            // across the recovery's await, they would take room in every
+            // request's future and be copied with it.
             let recovery = match tokio::time::timeout_at(deadline, sending).await {
                 // Boxed: the recovery's state (the error, the unsent
                 // request, a checkout) would otherwise sit in every
