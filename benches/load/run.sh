@@ -3,7 +3,9 @@
 # budget", row "keep-alive req/s, 1 core"), plain HTTP/1.1 and TLS.
 #
 # What it does
-#   1. cargo build --release (target/release/gatehouse).
+#   1. The profile-guided release build, scripts/build-pgo.sh
+#      (target/pgo/gatehouse); with PGO=0 cargo build --release
+#      (target/release/gatehouse).
 #   2. Starts nginx as the upstream (1 worker, access log off, `return 200
 #      "hello\n"`, huge keepalive_requests), pinned to LOAD_CPU. A second
 #      nginx listener (BASE_PORT+6) serves stub_status only: the number of
@@ -88,7 +90,12 @@
 #                      the most the load CPU can drive, the ceiling of any
 #                      proxy's req/s
 #   SKIP_BUILD [0]     1 = use the existing binary, no cargo build
-#   GATEHOUSE [target/release/gatehouse]  the binary to run (with SKIP_BUILD=1)
+#   PGO [1]            1 = the profile-guided build (scripts/build-pgo.sh:
+#                      two release builds and a short training run of this
+#                      script), the build we ship; 0 = plain cargo build
+#                      --release
+#   GATEHOUSE [target/pgo/gatehouse, target/release/gatehouse with PGO=0]
+#                      the binary to run (with SKIP_BUILD=1)
 #   PROXY_CPU [0], LOAD_CPU [1]    CPUs for the proxies / for nginx + wrk
 #   WAIT_IDLE [600]    seconds to wait for cargo/rustc to finish before each
 #                      round (then it goes on with a warning); 0 = don't wait
@@ -121,6 +128,7 @@ FILLER=${FILLER:-100}
 PROXIES=${PROXIES:-"gatehouse haproxy"}
 BASELINE=${BASELINE:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
+PGO=${PGO:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18080}
@@ -219,9 +227,16 @@ if [ "$PERF" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- build
-GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
+if [ "$PGO" = 1 ]; then
+    GATEHOUSE=${GATEHOUSE:-$ROOT/target/pgo/gatehouse}
+else
+    GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
+fi
 if want gatehouse; then
-    if [ "$SKIP_BUILD" != 1 ]; then
+    if [ "$SKIP_BUILD" != 1 ] && [ "$PGO" = 1 ]; then
+        say "scripts/build-pgo.sh (profile-guided release build)"
+        bash scripts/build-pgo.sh || die "scripts/build-pgo.sh failed"
+    elif [ "$SKIP_BUILD" != 1 ]; then
         say "cargo build --release"
         cargo build --release --bin gatehouse >&2 || die "cargo build --release failed"
     fi
