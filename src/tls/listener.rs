@@ -29,7 +29,8 @@ pub async fn serve_https(
     let graceful = proxy::conn::Drain::new();
     let local = listener.local_addr().ok();
     let mut last_accept = None;
-    while let Some((stream, peer)) = proxy::accept(&listener, &mut shutdown).await {
+    let set_nodelay = proxy::prepare_listener(&listener);
+    while let Some((stream, peer)) = proxy::accept(&listener, set_nodelay, &mut shutdown).await {
         last_accept = Some(std::time::Instant::now());
         // Watching starts at accept, so a drain also waits for connections
         // still in their handshake.
