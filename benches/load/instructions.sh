@@ -32,7 +32,9 @@
 #   PROTO=close VARIANTS="gatehouse haproxy" REQUESTS=5000 bash benches/load/instructions.sh
 #
 # Environment: REQUESTS [20000], CONNECTIONS [10], WARMUP [2000], FILLER
-# [100], SKIP_BUILD [0], BASE_PORT [18380], RECORD [1] (append to the .tsv),
+# [100], SKIP_BUILD [0], PGO [0] (1: measure target/pgo/gatehouse, the
+# profile-guided build; rows gatehouse-pgo), BASE_PORT [18380], RECORD [1]
+# (append to the .tsv),
 # CALLGRIND_ARGS [] (e.g. --cache-sim=yes: cache misses in the kept files),
 # KEEP [0] (1: keep the callgrind files of the counted runs in
 # benches/load/out/callgrind-<time>/ for `callgrind_annotate --inclusive=yes`).
@@ -73,7 +75,17 @@ source benches/load/lib.sh
 need valgrind:valgrind callgrind_control:valgrind h2load:nghttp2-client nginx:nginx-light python3:python3 \
     haproxy:haproxy curl:curl
 
-if [ "$SKIP_BUILD" != 1 ]; then
+# PGO=1: the profile-guided build (scripts/build-pgo.sh, target/pgo);
+# gatehouse rows get a -pgo suffix in the .tsv.
+PGO=${PGO:-0}
+PGO_TAG=""
+if [ "$PGO" = 1 ]; then
+    PGO_TAG="-pgo"
+    if [ "$SKIP_BUILD" != 1 ]; then
+        bash "$ROOT/scripts/build-pgo.sh" || die "scripts/build-pgo.sh failed"
+    fi
+    GATEHOUSE=${GATEHOUSE:-$ROOT/target/pgo/gatehouse}
+elif [ "$SKIP_BUILD" != 1 ]; then
     say "cargo build --release"
     cargo build --release --bin gatehouse >&2 || die "cargo build --release failed"
 fi
@@ -320,7 +332,7 @@ for v in $VARIANTS scrape; do
     [ -n "${PER[$v]:-}" ] || continue
     printf '  %-16s %10s%s\n' "$v" "${PER[$v]}" "$([ "$v" = scrape ] && echo '  (one /metrics scrape)')"
     if [ "$RECORD" = 1 ]; then
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Is)" "$COMMIT" "$v$SUFFIX" "${PER[$v]}" "$REQUESTS" "$CONNECTIONS" >>"$ROOT/benches/load/instructions.tsv"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -Is)" "$COMMIT" "$v$([ "$v" = haproxy ] || echo "$PGO_TAG")$SUFFIX" "${PER[$v]}" "$REQUESTS" "$CONNECTIONS" >>"$ROOT/benches/load/instructions.tsv"
     fi
 done
 [ "$KEEP" != 1 ] || echo "  callgrind files: $KEPT"
