@@ -471,8 +471,9 @@ pub async fn serve_http(
 /// - TCP_QUICKACK off (set after `listen`, which resets it, as HAProxy's
 ///   default `option tcp-smart-accept` does): the kernel would acknowledge a
 ///   new connection's first request at once in a packet of its own; with it
-///   off, that ACK rides on the response (tcpdump: 6 packets per
-///   `Connection: close` exchange instead of 7; the kernel still sends it
+///   off, that ACK rides on the response (tcpdump: 9 packets per
+///   `Connection: close` exchange, handshake and close included, instead of
+///   10; the kernel still sends it
 ///   after its delayed-ACK timeout, tens of ms, when the answer takes
 ///   longer). Best effort: a refusal changes no behaviour.
 pub(crate) fn prepare_listener(listener: &TcpListener) -> bool {
