@@ -18,7 +18,9 @@
 #      (PROXIES=gatehouse, short rounds), every scenario the benchmark has
 #      except idle and rate: HTTP/1.1 keep-alive and one connection per
 #      request, 64 KiB and 1 MiB bodies, HTTP/2, TLS keep-alive and full
-#      handshakes, passthrough, and requests while the table is swapped.
+#      handshakes, passthrough, and requests while the table is swapped;
+#      then the egress role: `gatehouse egress` relaying wrk's connections
+#      (small and 1 MiB answers) to a local TCP server.
 #   3. llvm-profdata merge (rustup's llvm-tools, the same LLVM as rustc; the
 #      component is added when missing).
 #   4. cargo build --release with -Cprofile-use into target/pgo.
@@ -47,6 +49,41 @@ if [ ! -x "$PROFDATA" ]; then
 fi
 [ -x "$PROFDATA" ] || die "$PROFDATA not found after adding llvm-tools"
 
+# The egress role: a TCP destination (python3's http.server over a 1 MiB
+# file and a small one) behind `gatehouse egress`, loaded with wrk: one
+# connection per request through the gateway, small and bulk copies.
+egress_training() {
+    local bin=$1 dir port eport web gw
+    dir=$(mktemp -d)
+    head -c 1048576 /dev/zero >"$dir/1m"
+    echo hello >"$dir/small"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >/dev/null 2>&1 &
+    web=$!
+    EGRESS_DESTINATION="$eport tcp 127.0.0.1 $port" GATEHOUSE_WORKER_THREADS=1 \
+        "$bin" egress --listen 127.0.0.1 --allow 127.0.0.0/8 --admin 127.0.0.1:0 \
+        --access-log off >"$dir/egress.log" 2>&1 &
+    gw=$!
+    for _ in $(seq 50); do
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$eport/small" && break
+        sleep 0.1
+    done
+    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$eport/small" >/dev/null 2>&1 || true
+    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$eport/1m" >/dev/null 2>&1 || true
+    # SIGTERM: a clean exit writes the profile (SIGKILL would lose it).
+    kill -TERM "$gw" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$gw" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$gw" 2>/dev/null || true
+    wait "$gw" 2>/dev/null || true
+    kill "$web" 2>/dev/null || true
+    wait "$web" 2>/dev/null || true
+    rm -rf "$dir"
+}
+
 GEN=$ROOT/target/pgo-gen
 USE=$ROOT/target/pgo
 DATA=$GEN/profiles
@@ -63,6 +100,8 @@ PGO=0 SKIP_BUILD=1 GATEHOUSE="$GEN/$HOST_TRIPLE/release/gatehouse" \
     PROXIES=gatehouse BASELINE=0 ROUNDS=1 WARMUP=1 DURATION="${PGO_SECONDS:-3}" \
     SCENARIOS="h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough swap" \
     bash benches/load/run.sh >&2 || die "training run failed"
+say "2/4 training traffic: the egress gateway (gatehouse egress, TCP)"
+egress_training "$GEN/$HOST_TRIPLE/release/gatehouse"
 compgen -G "$DATA/*.profraw" >/dev/null ||
     die "no profile written to $DATA (did gatehouse exit on SIGTERM?)"
 
