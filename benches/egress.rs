@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo build --release && cargo bench --bench egress`.
 //! GATEHOUSE_BENCH_BYTES (default 1 GiB), GATEHOUSE_BENCH_CONNS (20000),
-//! GATEHOUSE_BENCH_ROUNDS (5).
+//! GATEHOUSE_BENCH_ROUNDS (5), GATEHOUSE_BIN (target/release/gatehouse; e.g.
+//! target/pgo/gatehouse for the profile-guided build).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -108,8 +109,15 @@ fn main() {
     let bytes = env_num("GATEHOUSE_BENCH_BYTES", 1 << 30);
     let n = env_num("GATEHOUSE_BENCH_CONNS", 20_000);
     let rounds = env_num("GATEHOUSE_BENCH_ROUNDS", 5);
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/gatehouse");
-    assert!(bin.exists(), "cargo build --release first");
+    // GATEHOUSE_BIN: another build, e.g. target/pgo/gatehouse.
+    let bin = std::env::var_os("GATEHOUSE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/gatehouse"));
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release first",
+        bin.display()
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench kube_sync` (builds the release binary first if
 //! needed: `cargo build --release`). Sizes: GATEHOUSE_BENCH_ROUTES (10000),
-//! GATEHOUSE_BENCH_SAMPLES (100).
+//! GATEHOUSE_BENCH_SAMPLES (100); GATEHOUSE_BIN (target/release/gatehouse)
+//! runs another build, e.g. target/pgo/gatehouse.
 
 use futures::StreamExt;
 use gatehouse::source::kube::{KindSpec, ENDPOINT_SLICE, NAMESPACE, ROUTE, SERVICE};
@@ -195,7 +196,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 async fn run(routes: usize, samples: usize) {
-    let bin = root().join("target/release/gatehouse");
+    // GATEHOUSE_BIN: another build, e.g. target/pgo/gatehouse.
+    let bin = std::env::var_os("GATEHOUSE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/gatehouse"));
     assert!(
         bin.exists(),
         "build the release binary first: cargo build --release"
