@@ -28,16 +28,16 @@
 # gatehouse binary and its dependencies, not build scripts or proc macros.
 #
 # Usage: bash scripts/build-pgo.sh            (about 2 release builds + 2 min)
-# Environment: PGO_SECONDS [3] seconds of traffic per training scenario.
+# Environment: PGO_SECONDS [3] seconds of traffic per training scenario,
+# PGO_PORT [18180] the egress training's server (+1: the gateway).
 # Output: target/pgo/gatehouse (a copy of the optimised binary).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
-say() { printf '[build-pgo] %s\n' "$*" >&2; }
-die() {
-    say "error: $*"
-    exit 1
-}
+# say, die, need, a temp dir and `stop`; what is started here is stopped
+# on exit.
+# shellcheck source=benches/load/lib.sh
+source benches/load/lib.sh
 
 HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 [ -n "$HOST_TRIPLE" ] || die "rustc -vV printed no host triple"
@@ -53,39 +53,31 @@ fi
 # file and a small one) behind `gatehouse egress`, loaded with wrk: one
 # connection per request through the gateway, small and bulk copies.
 egress_training() {
-    local bin=$1 dir port eport web gw
-    dir=$(mktemp -d)
-    head -c 1048576 /dev/zero >"$dir/1m"
-    echo hello >"$dir/small"
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    python3 -m http.server --bind 127.0.0.1 --directory "$dir" "$port" >/dev/null 2>&1 &
+    local bin=$1 port=${PGO_PORT:-18180} web gw
+    need wrk:wrk curl:curl python3:python3
+    head -c 1048576 /dev/zero >"$TMP/1m"
+    echo hello >"$TMP/small"
+    python3 -m http.server --bind 127.0.0.1 --directory "$TMP" "$port" >/dev/null 2>&1 &
     web=$!
-    EGRESS_DESTINATION="$eport tcp 127.0.0.1 $port" GATEHOUSE_WORKER_THREADS=1 \
+    PIDS+=("$web")
+    EGRESS_DESTINATION="$((port + 1)) tcp 127.0.0.1 $port" GATEHOUSE_WORKER_THREADS=1 \
         "$bin" egress --listen 127.0.0.1 --allow 127.0.0.0/8 --admin 127.0.0.1:0 \
-        --access-log off >"$dir/egress.log" 2>&1 &
+        --access-log off >"$TMP/egress.log" 2>&1 &
     gw=$!
+    PIDS+=("$gw")
     for _ in $(seq 50); do
-        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$eport/small" && break
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$((port + 1))/small" && break
         sleep 0.1
     done
-    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$eport/small" >/dev/null 2>&1 || true
-    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$eport/1m" >/dev/null 2>&1 || true
-    # SIGTERM: a clean exit writes the profile (SIGKILL would lose it).
-    kill -TERM "$gw" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$gw" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$gw" 2>/dev/null || true
-    wait "$gw" 2>/dev/null || true
-    kill "$web" 2>/dev/null || true
-    wait "$web" 2>/dev/null || true
-    rm -rf "$dir"
+    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$((port + 1))/small" >/dev/null 2>&1 || true
+    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$((port + 1))/1m" >/dev/null 2>&1 || true
+    # SIGTERM first: a clean exit writes the profile (SIGKILL would lose it).
+    stop "$gw" "$web"
 }
 
 GEN=$ROOT/target/pgo-gen
 USE=$ROOT/target/pgo
+INSTRUMENTED=$GEN/$HOST_TRIPLE/release/gatehouse
 DATA=$GEN/profiles
 PROFILE=$GEN/merged.profdata
 
@@ -96,12 +88,12 @@ RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=$GEN \
 rm -rf "$DATA" "$PROFILE"
 
 say "2/4 training traffic (benches/load/run.sh, gatehouse only)"
-PGO=0 SKIP_BUILD=1 GATEHOUSE="$GEN/$HOST_TRIPLE/release/gatehouse" \
+PGO=0 SKIP_BUILD=1 GATEHOUSE="$INSTRUMENTED" \
     PROXIES=gatehouse BASELINE=0 ROUNDS=1 WARMUP=1 DURATION="${PGO_SECONDS:-3}" \
     SCENARIOS="h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough swap" \
     bash benches/load/run.sh >&2 || die "training run failed"
 say "2/4 training traffic: the egress gateway (gatehouse egress, TCP)"
-egress_training "$GEN/$HOST_TRIPLE/release/gatehouse"
+egress_training "$INSTRUMENTED"
 compgen -G "$DATA/*.profraw" >/dev/null ||
     die "no profile written to $DATA (did gatehouse exit on SIGTERM?)"
 

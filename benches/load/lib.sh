@@ -35,14 +35,13 @@ need() {
     done
 }
 
-TMP=$(mktemp -d /tmp/gatehouse-load.XXXXXX)
-PIDS=()
-cleanup() {
-    local rc=$?
-    for pid in "${PIDS[@]}"; do
+# stop PID...: TERM to each, up to 5 s each to exit, then KILL.
+stop() {
+    local pid
+    for pid in "$@"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    for pid in "${PIDS[@]}"; do
+    for pid in "$@"; do
         for _ in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
@@ -50,6 +49,13 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+}
+
+TMP=$(mktemp -d /tmp/gatehouse-load.XXXXXX)
+PIDS=()
+cleanup() {
+    local rc=$?
+    stop "${PIDS[@]}"
     rm -rf "$TMP"
     exit "$rc"
 }
