@@ -473,18 +473,21 @@ pub async fn serve_http(
 ///   new connection's first request at once in a packet of its own; with it
 ///   off, that ACK rides on the response (tcpdump: 9 packets per
 ///   `Connection: close` exchange, handshake and close included, instead of
-///   10; the kernel still sends it
-///   after its delayed-ACK timeout, tens of ms, when the answer takes
-///   longer). Best effort: a refusal changes no behaviour.
+///   10; the kernel still sends it after its delayed-ACK timeout, tens of
+///   ms, when the answer takes longer). Best effort: a refusal changes no
+///   behaviour.
+#[cfg(target_os = "linux")]
 pub(crate) fn prepare_listener(listener: &TcpListener) -> bool {
-    if !cfg!(target_os = "linux") {
-        return true;
-    }
-    #[cfg(target_os = "linux")]
     if let Err(e) = rustix::net::sockopt::set_tcp_quickack(listener, false) {
         debug!(error = %e, "TCP_QUICKACK off on the listener refused");
     }
     rustix::net::sockopt::set_tcp_nodelay(listener, true).is_err()
+}
+
+/// Other kernels: nodelay per connection (see the Linux version).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn prepare_listener(_listener: &TcpListener) -> bool {
+    true
 }
 
 /// The next connection (nodelay set, on the listener or here: see
