@@ -17,6 +17,43 @@ extern "C" {
     // mimalloc's own API (libmimalloc-sys links it; its Rust declaration is
     // behind a feature that brings nothing else we use).
     fn mi_collect(force: bool);
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    // libc's: std::env allocates, and this must run before any allocation.
+    fn getenv(name: *const std::ffi::c_char) -> *const std::ffi::c_char;
+}
+
+/// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_t`.
+#[cfg(target_os = "linux")]
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+
+/// Commit mimalloc's arenas on demand instead of up front (its default on
+/// Linux, where overcommit makes that look free), unless
+/// `MIMALLOC_ARENA_EAGER_COMMIT` says otherwise. Measured with the PGO
+/// build, one worker: an idle HTTP/2 connection held 46 KB of RSS with
+/// eager arenas, 27 KB without (as with glibc's malloc); the process starts
+/// at 11 MB instead of 18 MB; h1 keep-alive, close and 64 KiB CPU per
+/// request and the mmap/madvise/mprotect calls under load unchanged (see
+/// the commit). The first allocation reserves the first arena and Rust's
+/// start-up allocates before `main`, so this runs as a constructor, before
+/// Rust's start-up (called from `main` it changed nothing: the arena was
+/// already there). mimalloc's own constructor reads the environment for
+/// every option; `mi_option_set` before or after it wins either way.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static LAZY_ARENA_COMMIT: extern "C" fn() = lazy_arena_commit;
+
+#[cfg(target_os = "linux")]
+extern "C" fn lazy_arena_commit() {
+    // SAFETY: a NUL-terminated name; constructors run on the one thread
+    // there is, so nothing changes the environment meanwhile.
+    // mi_option_set only stores the value; mimalloc reads it when it
+    // reserves an arena.
+    unsafe {
+        if getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        }
+    }
 }
 
 /// Let mimalloc give free memory back to the system now. It purges freed
