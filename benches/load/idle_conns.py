@@ -5,7 +5,10 @@ Usage: idle_conns.py PID PORT HOST [N]
 
 Opens N client connections (default 10000) to 127.0.0.1:PORT, sends one
 keep-alive GET with Host: HOST on each, reads each whole response (every one
-must be 200), then holds them all open and idle. Prints one line:
+must be 200), then holds them all open and idle. IDLE_PROTO=h2 speaks
+HTTP/2 with prior knowledge instead (one GET on stream 1; the connection is
+then read on, PINGs answered as a browser would, so a server's keep-alive
+ping does not close it). Prints one line:
 
     conns=N rss_start_kib=… rss_half_kib=… rss_all_kib=… per_conn_bytes=… failed=… step_bytes=…
 
@@ -41,7 +44,69 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+PROTO = os.environ.get("IDLE_PROTO", "h1")
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+async def read_frame(r) -> tuple:
+    head = await r.readexactly(9)
+    length = int.from_bytes(head[:3], "big")
+    payload = await r.readexactly(length) if length else b""
+    return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
+
+
+async def answer_pings(r, w) -> None:
+    """Read frames until the connection ends, acknowledging SETTINGS and PING."""
+    try:
+        while True:
+            kind, flags, _, payload = await read_frame(r)
+            if kind == 4 and not flags & 1:
+                w.write(frame(4, 1, 0))
+            elif kind == 6 and not flags & 1:
+                w.write(frame(6, 1, 0, payload))
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+
+
+async def one_h2(port: int, host: str, held: list) -> bool:
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    # :method GET, :scheme http, :path / (static table), :authority literal.
+    name = host.encode()
+    block = bytes([0x82, 0x86, 0x84, 0x41, len(name)]) + name
+    w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) + frame(1, 0x5, 1, block))
+    await w.drain()
+    status = None
+    try:
+        while True:
+            kind, flags, stream, payload = await asyncio.wait_for(read_frame(r), 30)
+            if kind == 4 and not flags & 1:
+                w.write(frame(4, 1, 0))
+            elif kind == 6 and not flags & 1:
+                w.write(frame(6, 1, 0, payload))
+            elif kind == 7:
+                break
+            elif stream == 1 and kind == 1 and status is None:
+                # :status 200 is static-table entry 8 on every encoder.
+                status = payload[:1] == b"\x88"
+            if stream == 1 and kind in (0, 1) and flags & 1:
+                break
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+        w.close()
+        return False
+    held.append(w)
+    held.append(asyncio.ensure_future(answer_pings(r, w)))
+    return bool(status)
+
+
 async def one(port: int, host: str, held: list) -> bool:
+    if PROTO == "h2":
+        return await one_h2(port, host, held)
     try:
         r, w = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
@@ -105,7 +170,10 @@ async def main() -> None:
         f" per_conn_bytes={per:.0f} failed={n - ok} step_bytes={step_bytes}"
     )
     for w in held:
-        w.close()
+        if isinstance(w, asyncio.Future):
+            w.cancel()
+        else:
+            w.close()
 
 
 asyncio.run(main())

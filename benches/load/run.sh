@@ -41,6 +41,8 @@
 #                  held open by idle_conns.py; opened in 4 parts, each idle 10 s;
 #                  RSS growth over the last part per connection), measured
 #                  first, on fresh processes.
+#   idle-h2        the same with HTTP/2 (prior knowledge, one GET on stream 1,
+#                  PINGs answered) on the h2 port, after idle.
 #   h1-close       HTTP/1.1 with Connection: close: a new connection per
 #                  request.
 #   body-64k/-1m   64 KiB / 1 MiB responses (files served by nginx).
@@ -132,7 +134,7 @@ PGO=${PGO:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18080}
-SCENARIOS=${SCENARIOS:-"idle h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough rate swap"}
+SCENARIOS=${SCENARIOS:-"idle idle-h2 h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough rate swap"}
 # Observability cost (issue 7): GH_ACCESS_LOG=json writes gatehouse's access
 # log (to its log file); SCRAPE=1 GETs gatehouse's /metrics every second
 # during the runs. Compare the gatehouse/haproxy ratio with and without.
@@ -179,19 +181,19 @@ trap 'exit 130' INT TERM
 read -r -a SCEN <<<"$SCENARIOS"
 [ ${#SCEN[@]} -gt 0 ] || die "SCENARIOS is empty"
 TLS=0
-IDLE=0
+IDLE_KINDS=()
 for s in "${SCEN[@]}"; do
     case $s in
     h1 | h1-close | body-64k | body-1m | h2 | rate | swap) ;;
     tls-keepalive | tls-handshake | tls-resume | passthrough) TLS=1 ;;
-    idle) IDLE=1 ;;
-    *) die "unknown scenario '$s' in SCENARIOS (h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake tls-resume passthrough rate swap idle)" ;;
+    idle | idle-h2) IDLE_KINDS+=("$s") ;;
+    *) die "unknown scenario '$s' in SCENARIOS (h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake tls-resume passthrough rate swap idle idle-h2)" ;;
     esac
 done
-# The idle scenario is not a load run: it is measured once per proxy, after
-# the load scenarios.
+# The idle scenarios are not load runs: each is measured once per proxy,
+# before the load scenarios.
 LOAD_SCEN=()
-for s in "${SCEN[@]}"; do [ "$s" = idle ] || LOAD_SCEN+=("$s"); done
+for s in "${SCEN[@]}"; do [[ $s == idle* ]] || LOAD_SCEN+=("$s"); done
 if [[ " ${SCEN[*]} " == *" swap "* ]] && [ -n "${GH_B_ARGS:-}${GATEHOUSE_B:-}" ]; then
     say "warning: swap with gatehouse-b: both watch the same manifests, so the idle one compiles on the proxy CPU while the other is loaded; the b/a ratio of swap is biased"
 fi
@@ -883,17 +885,24 @@ fi
 # each, then held open, in IDLE_STEPS (4) parts; RSS growth over the last part,
 # each part idle 10 s first (idle_conns.py). First, while both
 # proxies are fresh: memory they pooled under load would hide the cost.
+# idle-h2 (HTTP/2 on the h2 port) after idle, whose connections are closed
+# by then; its first parts absorb what idle's left behind.
 declare -A IDLE_PER
-if [ "$IDLE" = 1 ]; then
+for kind in "${IDLE_KINDS[@]}"; do
     for p in "${ORDER[@]}"; do
-        say "idle: $IDLE_CONNS keep-alive connections to $p"
+        port=${PORT[$p]} proto=h1
+        if [ "$kind" = idle-h2 ]; then
+            [ -n "${H2PORT[$p]:-}" ] || continue
+            port=${H2PORT[$p]} proto=h2
+        fi
+        say "$kind: $IDLE_CONNS keep-alive $proto connections to $p"
         sleep 3 # let start-up garbage settle
-        IDLE_PER[$p]=$(python3 "$ROOT/benches/load/idle_conns.py" "${PID[$p]}" "${PORT[$p]}" "$HOST" "$IDLE_CONNS") ||
-            die "idle_conns.py failed against $p"
-        echo "$p ${IDLE_PER[$p]}" >>"$OUT/idle.txt"
+        IDLE_PER[$kind $p]=$(IDLE_PROTO=$proto python3 "$ROOT/benches/load/idle_conns.py" "${PID[$p]}" "$port" "$HOST" "$IDLE_CONNS") ||
+            die "idle_conns.py ($proto) failed against $p"
+        echo "$kind $p ${IDLE_PER[$kind $p]}" >>"$OUT/idle.txt"
         sleep 2
     done
-fi
+done
 
 is_tls_scenario() { [[ $1 == tls-* || $1 == passthrough ]]; }
 
@@ -1018,11 +1027,11 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
                 if (g > 0 && h > 0) printf "  instructions/request   gatehouse %d  haproxy %d  ratio %.3f (perf stat, user+kernel)\n", g, h, g / h }'
         fi
     done
-    if [ "$IDLE" = 1 ]; then
+    for kind in "${IDLE_KINDS[@]}"; do
         echo
-        echo "[idle] memory per idle keep-alive connection ($IDLE_CONNS connections in 4 parts, each idle 10 s; RSS growth over the last part per connection; step_bytes: every part)"
-        for p in "${ORDER[@]}"; do printf '%-10s %s\n' "$p" "${IDLE_PER[$p]}"; done
-    fi
+        echo "[$kind] memory per idle keep-alive connection ($IDLE_CONNS connections in 4 parts, each idle 10 s; RSS growth over the last part per connection; step_bytes: every part)"
+        for p in "${ORDER[@]}"; do printf '%-10s %s\n' "$p" "${IDLE_PER[$kind $p]:-}"; done
+    done
     if want gatehouse && want haproxy; then
         echo
         echo "gatehouse/haproxy, medians of per-round ratios (throughput: higher is better; p99 and cpu/req: lower is better)"
@@ -1041,12 +1050,12 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
                     return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
                 }' "$CSV"
         done
-        if [ "$IDLE" = 1 ]; then
-            awk -v g="${IDLE_PER[gatehouse]}" -v h="${IDLE_PER[haproxy]}" 'BEGIN {
+        for kind in "${IDLE_KINDS[@]}"; do
+            awk -v k="$kind" -v g="${IDLE_PER[$kind gatehouse]:-}" -v h="${IDLE_PER[$kind haproxy]:-}" 'BEGIN {
                 match(g, /per_conn_bytes=[0-9]+/); gb = substr(g, RSTART + 15, RLENGTH - 15)
                 match(h, /per_conn_bytes=[0-9]+/); hb = substr(h, RSTART + 15, RLENGTH - 15)
-                if (hb > 0) printf "%-14s memory per idle connection %d vs %d bytes: %.2f\n", "idle", gb, hb, gb / hb }'
-        fi
+                if (hb > 0) printf "%-14s memory per idle connection %d vs %d bytes: %.2f\n", k, gb, hb, gb / hb }'
+        done
     fi
     if [ "$TLS" = 1 ]; then
         echo
