@@ -54,6 +54,12 @@
 #   swap           h1 keep-alive while the table changes 10×/s with 10k routes
 #                  (FILLER raised to 10000).
 #   h1             plain HTTP/1.1 keep-alive (the original benchmark).
+#   split          h1 keep-alive to a route as OpenShift users write them:
+#                  sticky cookies on (the default), 75/25 over two services
+#                  (alternateBackends; nginx on 127.0.0.1 and 127.0.0.2).
+#                  wrk sends no cookie: every request is balanced and gets
+#                  a Set-Cookie (HAProxy: the router template's `cookie
+#                  insert indirect nocache httponly`, weights 256/85).
 #   tls-keepalive  HTTPS keep-alive: wrk https://127.0.0.1:<port>/ with
 #                  Host: hello-tls.bench.local. The URL is an IP, so wrk's
 #                  SNI is "127.0.0.1" (no usable server name): both proxies
@@ -134,7 +140,7 @@ PGO=${PGO:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-18080}
-SCENARIOS=${SCENARIOS:-"idle idle-h2 h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough rate swap"}
+SCENARIOS=${SCENARIOS:-"idle idle-h2 h1 split h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough rate swap"}
 # Observability cost (issue 7): GH_ACCESS_LOG=json writes gatehouse's access
 # log (to its log file); SCRAPE=1 GETs gatehouse's /metrics every second
 # during the runs. Compare the gatehouse/haproxy ratio with and without.
@@ -169,6 +175,7 @@ PASS_HOST=pass.bench.local
 RATE=${RATE:-20000}
 IDLE_CONNS=${IDLE_CONNS:-8000}
 HOST=hello.bench.local
+SPLIT_HOST=split.bench.local
 TLS_HOST=hello-tls.bench.local
 BODY=hello
 
@@ -184,10 +191,10 @@ TLS=0
 IDLE_KINDS=()
 for s in "${SCEN[@]}"; do
     case $s in
-    h1 | h1-close | body-64k | body-1m | h2 | rate | swap) ;;
+    h1 | split | h1-close | body-64k | body-1m | h2 | rate | swap) ;;
     tls-keepalive | tls-handshake | tls-resume | passthrough) TLS=1 ;;
     idle | idle-h2) IDLE_KINDS+=("$s") ;;
-    *) die "unknown scenario '$s' in SCENARIOS (h1 h1-close body-64k body-1m h2 tls-keepalive tls-handshake tls-resume passthrough rate swap idle idle-h2)" ;;
+    *) die "unknown scenario '$s' in SCENARIOS (h1 split h1-close body-64k body-1m h2 tls-keepalive tls-handshake tls-resume passthrough rate swap idle idle-h2)" ;;
     esac
 done
 # The idle scenarios are not load runs: each is measured once per proxy,
@@ -314,6 +321,8 @@ http {
     proxy_temp_path $TMP/nginx/proxy;
     server {
         listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+        # The split route's second service.
+        listen 127.0.0.2:$NGINX_PORT reuseport backlog=4096;
         location / {
             default_type text/plain;
             return 200 "$BODY\n";
@@ -388,6 +397,46 @@ metadata:
 spec:
   host: $HOST
   to: {kind: Service, name: hello}
+  port: {targetPort: http}
+EOF
+# The split scenario's route: cookies on, 75/25 over two services.
+cat >"$MANIFESTS/split.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: split-a, namespace: bench}
+spec:
+  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: split-a, namespace: bench}
+subsets:
+- addresses: [{ip: 127.0.0.1}]
+  ports: [{name: http, port: $NGINX_PORT}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: split-b, namespace: bench}
+spec:
+  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: split-b, namespace: bench}
+subsets:
+- addresses: [{ip: 127.0.0.2}]
+  ports: [{name: http, port: $NGINX_PORT}]
+---
+apiVersion: route.openshift.io/v1
+kind: Route
+metadata:
+  name: split
+  namespace: bench
+  annotations: {router.openshift.io/cookie_name: bench_split}
+spec:
+  host: $SPLIT_HOST
+  to: {kind: Service, name: split-a, weight: 75}
+  alternateBackends: [{kind: Service, name: split-b, weight: 25}]
   port: {targetPort: http}
 EOF
 for i in $(seq 1 "$FILLER"); do
@@ -468,6 +517,7 @@ fi
 mkdir -p "$TMP/haproxy"
 {
     echo "$HOST be_hello"
+    echo "$SPLIT_HOST be_split"
     echo "swap.bench.local be_filler1"
     for i in $(seq 1 "$FILLER"); do echo "filler$i.bench.local be_filler$i"; done
     [ "$TLS" = 0 ] || echo "$TLS_HOST be_hello"
@@ -541,6 +591,21 @@ backend be_hello
     http-request set-header X-Forwarded-Proto https if { ssl_fc }
     http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]
     server nginx 127.0.0.1:$NGINX_PORT
+
+backend be_split
+    # The OpenShift router template's backend for a route with cookies on
+    # and alternateBackends (several services: roundrobin).
+    balance roundrobin
+    cookie bench_split insert indirect nocache httponly
+    http-reuse always
+    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]
+    server a 127.0.0.1:$NGINX_PORT weight 256 cookie 6d1c0f9ae2b34a17
+    server b 127.0.0.2:$NGINX_PORT weight 85 cookie 0b8e5d2c47f1a936
 EOF
     for i in $(seq 1 "$FILLER"); do
         printf '\nbackend be_filler%s\n    http-reuse always\n    option forwardfor\n    server s1 %s:8080\n' \
@@ -618,6 +683,11 @@ for p in "${ORDER[@]}"; do
     [ "$code" = 200 ] || die "$p: Host: HELLO.Bench.Local:80 gave $code, expected 200"
     code=$(curl -s -o /dev/null --max-time 5 -H "Host: nobody.bench.local" -w '%{http_code}' "$url" || true)
     [ "$code" = 503 ] || say "warning: $p answers $code for an unknown host (expected 503)"
+    if [[ " ${SCEN[*]} " == *" split "* ]]; then
+        cookie=$(curl -s -D - -o /dev/null --max-time 5 -H "Host: $SPLIT_HOST" "$url" | tr -d '\r' |
+            awk 'tolower($1) == "set-cookie:" && $2 ~ /^bench_split=/ { print $2 }')
+        [ -n "$cookie" ] || die "$p: Host: $SPLIT_HOST set no bench_split cookie"
+    fi
     say "$p: 200 '$BODY' for Host: $HOST"
 done
 
@@ -721,6 +791,10 @@ run_wrk() {
     case $s in
     h1 | swap)
         args+=(-H "Host: $HOST" --latency)
+        url="http://127.0.0.1:${PORT[$p]}/"
+        ;;
+    split)
+        args+=(-H "Host: $SPLIT_HOST" --latency)
         url="http://127.0.0.1:${PORT[$p]}/"
         ;;
     h1-close)
@@ -858,6 +932,7 @@ while True:
 scenario_title() {
     case $1 in
     h1) echo "plain HTTP/1.1 keep-alive, Host: $HOST" ;;
+    split) echo "plain HTTP/1.1 keep-alive, Host: $SPLIT_HOST: sticky cookies on, 75/25 over two services, no cookie sent" ;;
     h1-close) echo "plain HTTP/1.1, Connection: close: a new client connection per request" ;;
     body-64k) echo "plain HTTP/1.1 keep-alive, 64 KiB responses" ;;
     body-1m) echo "plain HTTP/1.1 keep-alive, 1 MiB responses" ;;
