@@ -210,7 +210,7 @@ pub struct Timeouts {
     /// least this long are closed, never its most recent one (after
     /// HAProxy's `pool-purge-delay`, 5 s); 0: only `upstream_idle` closes
     /// them.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration_or_zero")]
     pub upstream_pool_purge: Duration,
     /// How long SIGTERM waits for in-flight requests.
     #[serde(deserialize_with = "de_duration")]
@@ -312,15 +312,33 @@ pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
     })
 }
 
+/// A duration where zero means "off" (`0`, or zero with a unit, `0s`);
+/// otherwise as [`de_duration`], whose OpenShift syntax has no zero.
+pub(crate) fn de_duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim();
+    let unit = t.trim_start_matches('0');
+    if unit.len() < t.len() && matches!(unit, "" | "us" | "ms" | "s" | "m" | "h" | "d") {
+        return Ok(Duration::ZERO);
+    }
+    duration::parse(t).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like 30s, 500ms or 2m, or 0"
+        ))
+    })
+}
+
 /// Why a config file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    // The cause is the error's source, not in its text: `{:#}` printed
+    // it twice.
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         path: PathBuf,
         source: serde_yaml::Error,
@@ -439,6 +457,31 @@ mod tests {
         assert_eq!(cfg.forwarded_headers, ForwardedPolicy::IfNone);
         assert!(serde_yaml::from_str::<RouterConfig>("htp: 1").is_err());
         assert!(serde_yaml::from_str::<RouterConfig>("timeouts: {server: 1d12h}").is_err());
+    }
+
+    /// `upstream_pool_purge` documents 0 as "off"; other durations have no
+    /// zero (the OpenShift syntax).
+    #[test]
+    fn pool_purge_takes_zero() {
+        for zero in ["0", "0s", "00ms"] {
+            let cfg: RouterConfig =
+                serde_yaml::from_str(&format!("timeouts: {{upstream_pool_purge: {zero}}}"))
+                    .unwrap();
+            assert_eq!(cfg.timeouts.upstream_pool_purge, Duration::ZERO, "{zero}");
+        }
+        let cfg: RouterConfig =
+            serde_yaml::from_str("timeouts: {upstream_pool_purge: 10s}").unwrap();
+        assert_eq!(cfg.timeouts.upstream_pool_purge, Duration::from_secs(10));
+        for bad in ["0x", "-0", "0.5s", "01s"] {
+            assert!(
+                serde_yaml::from_str::<RouterConfig>(&format!(
+                    "timeouts: {{upstream_pool_purge: {bad}}}"
+                ))
+                .is_err(),
+                "{bad}"
+            );
+        }
+        assert!(serde_yaml::from_str::<RouterConfig>("timeouts: {server: 0}").is_err());
     }
 
     /// The bundled example and every router config embedded in the

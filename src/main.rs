@@ -418,7 +418,7 @@ fn check(a: CheckArgs) -> ExitCode {
         Some(p) => match RouterConfig::load(p) {
             Ok(c) => c,
             Err(e) => {
-                println!("ERROR     {e}");
+                println!("ERROR     {:#}", anyhow::Error::from(e));
                 return ExitCode::from(1);
             }
         },
