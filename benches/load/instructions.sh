@@ -126,19 +126,8 @@ wait_http "http://127.0.0.1:$NGINX_PORT/" 200 10 || die "nginx did not start: $(
 # ---------------------------------------------------------------- routes
 mkdir -p "$TMP/manifests" "$TMP/haproxy"
 {
+    service_yaml hello 127.0.0.1 "$NGINX_PORT"
     cat <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: hello, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: hello, namespace: bench}
-subsets:
-- addresses: [{ip: 127.0.0.1}]
-  ports: [{name: http, port: $NGINX_PORT}]
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
@@ -154,20 +143,9 @@ spec:
   port: {targetPort: http}
 EOF
     for i in $(seq 1 "$FILLER"); do
+        echo ---
+        service_yaml "filler$i" "127.0.1.$((i % 250 + 1))" 8080
         cat <<EOF
----
-apiVersion: v1
-kind: Service
-metadata: {name: filler$i, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: filler$i, namespace: bench}
-subsets:
-- addresses: [{ip: 127.0.1.$((i % 250 + 1))}]
-  ports: [{name: http, port: 8080}]
 ---
 apiVersion: route.openshift.io/v1
 kind: Route

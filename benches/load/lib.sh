@@ -53,6 +53,25 @@ stop() {
 
 TMP=$(mktemp -d /tmp/gatehouse-load.XXXXXX)
 PIDS=()
+# A Service and its Endpoints (one address) in namespace bench, for the
+# load scripts' manifests: service_yaml NAME IP PORT [PORT_NAME (http)].
+service_yaml() {
+    cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: $1, namespace: bench}
+spec:
+  ports: [{name: ${4:-http}, port: 80, targetPort: $3}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: $1, namespace: bench}
+subsets:
+- addresses: [{ip: $2}]
+  ports: [{name: ${4:-http}, port: $3}]
+EOF
+}
+
 cleanup() {
     local rc=$?
     stop "${PIDS[@]}"

@@ -372,19 +372,9 @@ filler_ip() { echo "127.0.1.$(($1 % 250 + 1))"; }
 
 MANIFESTS=$TMP/manifests
 mkdir -p "$MANIFESTS"
-cat >"$MANIFESTS/hello.yaml" <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: hello, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: hello, namespace: bench}
-subsets:
-- addresses: [{ip: 127.0.0.1}]
-  ports: [{name: http, port: $NGINX_PORT}]
+{
+    service_yaml hello 127.0.0.1 "$NGINX_PORT"
+    cat <<EOF
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
@@ -399,33 +389,13 @@ spec:
   to: {kind: Service, name: hello}
   port: {targetPort: http}
 EOF
+} >"$MANIFESTS/hello.yaml"
 # The split scenario's route: cookies on, 75/25 over two services.
-cat >"$MANIFESTS/split.yaml" <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: split-a, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: split-a, namespace: bench}
-subsets:
-- addresses: [{ip: 127.0.0.1}]
-  ports: [{name: http, port: $NGINX_PORT}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: split-b, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: $NGINX_PORT}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: split-b, namespace: bench}
-subsets:
-- addresses: [{ip: 127.0.0.2}]
-  ports: [{name: http, port: $NGINX_PORT}]
+{
+    service_yaml split-a 127.0.0.1 "$NGINX_PORT"
+    echo ---
+    service_yaml split-b 127.0.0.2 "$NGINX_PORT"
+    cat <<EOF
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
@@ -439,21 +409,11 @@ spec:
   alternateBackends: [{kind: Service, name: split-b, weight: 25}]
   port: {targetPort: http}
 EOF
+} >"$MANIFESTS/split.yaml"
 for i in $(seq 1 "$FILLER"); do
+    echo ---
+    service_yaml "filler$i" "$(filler_ip "$i")" 8080
     cat <<EOF
----
-apiVersion: v1
-kind: Service
-metadata: {name: filler$i, namespace: bench}
-spec:
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: filler$i, namespace: bench}
-subsets:
-- addresses: [{ip: $(filler_ip "$i")}]
-  ports: [{name: http, port: 8080}]
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
@@ -483,19 +443,9 @@ $(sed 's/^/      /' "$TMP/tls/cert.pem")
     key: |
 $(sed 's/^/      /' "$TMP/tls/key.pem")
 EOF
-    cat >"$MANIFESTS/pass.yaml" <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: pass, namespace: bench}
-spec:
-  ports: [{name: https, port: 443, targetPort: $NGINX_TLS}]
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: pass, namespace: bench}
-subsets:
-- addresses: [{ip: 127.0.0.1}]
-  ports: [{name: https, port: $NGINX_TLS}]
+    {
+        service_yaml pass 127.0.0.1 "$NGINX_TLS" https
+        cat <<EOF
 ---
 apiVersion: route.openshift.io/v1
 kind: Route
@@ -506,6 +456,7 @@ spec:
   port: {targetPort: https}
   tls: {termination: passthrough}
 EOF
+    } >"$MANIFESTS/pass.yaml"
     cat >"$TMP/gatehouse.yaml" <<EOF
 tls:
   default_certificate: $TMP/tls/combined.pem
