@@ -178,14 +178,7 @@ frontend fe_http
     use_backend %[req.hdr(host),lower,field(1,:),map($TMP/haproxy/hosts.map)]
 backend be_hello
     http-reuse always
-    # The forwarded headers the OpenShift router's template sets (policy
-    # "append"), which gatehouse sets too: same work on both sides.
-    option forwardfor
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
-    http-request set-header X-Forwarded-Proto https if { ssl_fc }
-    http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]
+$HAP_FORWARDED
     server nginx 127.0.0.1:$NGINX_PORT
 EOF
     for i in $(seq 1 "$FILLER"); do

@@ -72,6 +72,16 @@ subsets:
 EOF
 }
 
+# The forwarded headers the OpenShift router's template sets (policy
+# "append") as HAProxy backend lines, for the backends gatehouse is compared
+# with (gatehouse sets the same headers): same work on both sides.
+HAP_FORWARDED='    option forwardfor
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]'
+
 cleanup() {
     local rc=$?
     stop "${PIDS[@]}"

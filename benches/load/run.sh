@@ -533,14 +533,7 @@ EOF
 
 backend be_hello
     http-reuse always
-    # The forwarded headers the OpenShift router's template sets (policy
-    # "append"), which gatehouse sets too: same work on both sides.
-    option forwardfor
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
-    http-request set-header X-Forwarded-Proto https if { ssl_fc }
-    http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]
+$HAP_FORWARDED
     server nginx 127.0.0.1:$NGINX_PORT
 
 backend be_split
@@ -549,12 +542,7 @@ backend be_split
     balance roundrobin
     cookie bench_split insert indirect nocache httponly
     http-reuse always
-    option forwardfor
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
-    http-request set-header X-Forwarded-Proto https if { ssl_fc }
-    http-request add-header Forwarded for=%[src];host=%[req.hdr(host)];proto=%[req.hdr(X-Forwarded-Proto)]
+$HAP_FORWARDED
     server a 127.0.0.1:$NGINX_PORT weight 256 cookie 6d1c0f9ae2b34a17
     server b 127.0.0.2:$NGINX_PORT weight 85 cookie 0b8e5d2c47f1a936
 EOF
