@@ -22,7 +22,11 @@ extern "C" {
     fn getenv(name: *const std::ffi::c_char) -> *const std::ffi::c_char;
 }
 
-/// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_t`.
+/// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_t`
+/// (libmimalloc-sys 0.1.49, mimalloc v2). Check it when mimalloc is bumped:
+/// a reordered enum would set another option, and the test
+/// (`mimalloc_commits_arenas_on_demand_unless_told_otherwise`) only notices
+/// that the arena is committed up front again.
 #[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
