@@ -54,7 +54,7 @@ fi
 # file and a small one) behind `gatehouse egress`, loaded with wrk: one
 # connection per request through the gateway, small and bulk copies.
 egress_training() {
-    local bin=$1 port=${PGO_PORT:-18180} web gw up=0
+    local bin=$1 port=${PGO_PORT:-18180} web gw
     need wrk:wrk curl:curl python3:python3
     head -c 1048576 /dev/zero >"$TMP/1m"
     echo hello >"$TMP/small"
@@ -66,19 +66,16 @@ egress_training() {
         --access-log off >"$TMP/egress.log" 2>&1 &
     gw=$!
     PIDS+=("$gw")
-    for _ in $(seq 50); do
-        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$((port + 1))/small" && up=1 && break
-        sleep 0.1
-    done
     # Without this, a gateway that never relays would leave the egress
     # role untrained and the build would still succeed.
-    [ "$up" = 1 ] || die "gatehouse egress did not relay to the training server on :$port; its log: $(tail -n 20 "$TMP/egress.log")"
-    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$((port + 1))/small" >/dev/null 2>&1 || true
-    wrk -t1 -c4 -d"${PGO_SECONDS:-3}s" "http://127.0.0.1:$((port + 1))/1m" >/dev/null 2>&1 || true
+    wait_http "http://127.0.0.1:$((port + 1))/small" 200 5 "$gw" || die "gatehouse egress did not relay to the training server on :$port; its log: $(tail -n 20 "$TMP/egress.log")"
+    wrk -t1 -c4 -d"${SECONDS_EACH}s" "http://127.0.0.1:$((port + 1))/small" >/dev/null 2>&1 || true
+    wrk -t1 -c4 -d"${SECONDS_EACH}s" "http://127.0.0.1:$((port + 1))/1m" >/dev/null 2>&1 || true
     # SIGTERM first: a clean exit writes the profile (SIGKILL would lose it).
     stop "$gw" "$web"
 }
 
+SECONDS_EACH=${PGO_SECONDS:-3}
 GEN=$ROOT/target/pgo-gen
 USE=$ROOT/target/pgo
 INSTRUMENTED=$GEN/$HOST_TRIPLE/release/gatehouse
@@ -93,7 +90,7 @@ rm -rf "$DATA" "$PROFILE"
 
 say "2/4 training traffic (benches/load/run.sh, gatehouse only)"
 PGO=0 SKIP_BUILD=1 GATEHOUSE="$INSTRUMENTED" \
-    PROXIES=gatehouse BASELINE=0 ROUNDS=1 WARMUP=1 DURATION="${PGO_SECONDS:-3}" \
+    PROXIES=gatehouse BASELINE=0 ROUNDS=1 WARMUP=1 DURATION="$SECONDS_EACH" \
     SCENARIOS="h1 split h1-close body-64k body-1m h2 tls-keepalive tls-handshake passthrough swap" \
     bash benches/load/run.sh >&2 || die "training run failed"
 say "2/4 training traffic: the egress gateway (gatehouse egress, TCP)"

@@ -91,14 +91,6 @@ elif [ "$SKIP_BUILD" != 1 ]; then
 fi
 GATEHOUSE=${GATEHOUSE:-$ROOT/target/release/gatehouse}
 
-wait_http() { # url status seconds [curl protocol flag]
-    for _ in $(seq $(($3 * 10))); do
-        [ "$(curl -s ${4:-} -o /dev/null -w '%{http_code}' --max-time 2 -H "Host: $HOST" "$1" || true)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 # ---------------------------------------------------------------- upstream
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -206,7 +198,8 @@ start_variant() {
     esac
     VPID=$!
     PIDS+=("$VPID")
-    wait_http "http://127.0.0.1:$PROXY_PORT/" 200 120 "$CURL_PROTO" || die "$v did not serve: $(tail -n 20 "$TMP/$v.log")"
+    # shellcheck disable=SC2086 # CURL_PROTO: one flag or none
+    wait_http "http://127.0.0.1:$PROXY_PORT/" 200 120 "$VPID" -H "Host: $HOST" $CURL_PROTO || die "$v did not serve: $(tail -n 20 "$TMP/$v.log")"
 }
 
 # Total instructions callgrind counted while collection was on.

@@ -51,6 +51,21 @@ stop() {
     done
 }
 
+# wait_http URL STATUS SECONDS [PID [CURL_ARG...]]: poll URL until it
+# answers STATUS; fails after SECONDS, or at once when PID (if given) has
+# exited.
+wait_http() {
+    local url=$1 want=$2 secs=$3 pid=${4:-} code
+    shift $(($# < 4 ? $# : 4))
+    for _ in $(seq $((secs * 10))); do
+        [ -z "$pid" ] || kill -0 "$pid" 2>/dev/null || return 1
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true)
+        [ "$code" = "$want" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 TMP=$(mktemp -d /tmp/gatehouse-load.XXXXXX)
 PIDS=()
 # A Service and its Endpoints (one address) in namespace bench, for the

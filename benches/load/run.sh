@@ -265,18 +265,6 @@ start() {
 # nginx's worker (the master does no request work).
 nginx_worker() { pgrep -P "$NGINX_PID" | head -n 1; }
 
-# wait_http URL STATUS SECONDS PID
-wait_http() {
-    local url=$1 want=$2 secs=$3 pid=$4 code
-    for _ in $(seq $((secs * 10))); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
-        [ "$code" = "$want" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
 # utime+stime of a process (all threads), in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
