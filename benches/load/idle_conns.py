@@ -58,15 +58,18 @@ async def read_frame(r) -> tuple:
     return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
 
 
+def acknowledge(w, kind: int, flags: int, payload: bytes) -> None:
+    """Acknowledge a SETTINGS or PING frame (not itself an acknowledgement)."""
+    if kind in (4, 6) and not flags & 1:
+        w.write(frame(kind, 1, 0, payload if kind == 6 else b""))
+
+
 async def answer_pings(r, w) -> None:
     """Read frames until the connection ends, acknowledging SETTINGS and PING."""
     try:
         while True:
             kind, flags, _, payload = await read_frame(r)
-            if kind == 4 and not flags & 1:
-                w.write(frame(4, 1, 0))
-            elif kind == 6 and not flags & 1:
-                w.write(frame(6, 1, 0, payload))
+            acknowledge(w, kind, flags, payload)
     except (OSError, asyncio.IncompleteReadError):
         pass
 
@@ -85,11 +88,8 @@ async def one_h2(port: int, host: str, held: list) -> bool:
     try:
         while True:
             kind, flags, stream, payload = await asyncio.wait_for(read_frame(r), 30)
-            if kind == 4 and not flags & 1:
-                w.write(frame(4, 1, 0))
-            elif kind == 6 and not flags & 1:
-                w.write(frame(6, 1, 0, payload))
-            elif kind == 7:
+            acknowledge(w, kind, flags, payload)
+            if kind == 7:
                 break
             elif stream == 1 and kind == 1 and status is None:
                 # :status 200 is static-table entry 8 on every encoder.
