@@ -202,7 +202,8 @@ async fn run(routes: usize, samples: usize) {
         .unwrap_or_else(|| root().join("target/release/gatehouse"));
     assert!(
         bin.exists(),
-        "build the release binary first: cargo build --release"
+        "{} missing: cargo build --release first",
+        bin.display()
     );
     let script = root().join("scripts/kube-testenv.sh");
     assert!(Command::new("bash")
