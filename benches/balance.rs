@@ -4,8 +4,12 @@
 //!
 //!   cargo bench --bench balance
 
+// The binary's allocator, so that the figures are the router's.
+#[path = "../src/alloc.rs"]
+mod alloc;
+
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse::balance::{pick, sticky};

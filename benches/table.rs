@@ -19,8 +19,12 @@
 //!
 //! Run: `cargo bench --bench table` (a couple of minutes on 2 cores).
 
+// The binary's allocator, so that the figures are the router's.
+#[path = "../src/alloc.rs"]
+mod alloc;
+
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use gatehouse::compile::{

@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod alloc;
+
 // mimalloc: cheaper small allocations on the request path and no glibc
 // consolidation storms when a 10k-route table is freed (benches/table).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 extern "C" {
     // mimalloc's own API (libmimalloc-sys links it; its Rust declaration is
@@ -23,7 +25,7 @@ extern "C" {
 }
 
 /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_t`
-/// (libmimalloc-sys 0.1.49, mimalloc v2). Check it when mimalloc is bumped:
+/// (libmimalloc-sys 0.1.49, mimalloc v3). Check it when mimalloc is bumped:
 /// a reordered enum would set another option, and the test
 /// (`mimalloc_commits_arenas_on_demand_unless_told_otherwise`) only notices
 /// that the arena is committed up front again.
