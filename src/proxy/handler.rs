@@ -579,20 +579,31 @@ impl Exchange {
             if replayable && replay.is_none() && !upstream.is_raw() {
                 replay = Some(copy_head(&self.up, ()));
             }
-            let sending = proxy
-                .upstreams
-                .send(&endpoint, upstream, take(&mut self.up), &via);
-            // The answer and the error live inside this statement only: held
+            // The answer and the error live inside this block only: held
             // across the recovery's await, they would take room in every
-            // request's future and be copied with it.
-            let recovery = match tokio::time::timeout_at(deadline, sending).await {
-                // Boxed: the recovery's state (the error, the unsent
-                // request, a checkout) would otherwise sit in every
-                // request's future.
-                Ok(Err(e)) => {
-                    Box::pin(retry.recover(&mut tried, e, &endpoint, chosen, replay.as_ref()))
+            // request's future and be copied with it. The exchange is
+            // pinned where it is made, so the timeout holds a reference to
+            // it instead of a second copy; it is dropped (it borrows the
+            // endpoint) before the answer is looked at.
+            let recovery = {
+                let answer = {
+                    let sending = std::pin::pin!(proxy.upstreams.send(
+                        &endpoint,
+                        upstream,
+                        take(&mut self.up),
+                        &via
+                    ));
+                    tokio::time::timeout_at(deadline, sending).await
+                };
+                match answer {
+                    // Boxed: the recovery's state (the error, the unsent
+                    // request, a checkout) would otherwise sit in every
+                    // request's future.
+                    Ok(Err(e)) => {
+                        Box::pin(retry.recover(&mut tried, e, &endpoint, chosen, replay.as_ref()))
+                    }
+                    other => break (other, chosen, endpoint, guard),
                 }
-                other => break (other, chosen, endpoint, guard),
             };
             match recovery.await {
                 Recovery::Again {
