@@ -287,6 +287,13 @@ pub(crate) fn builder(settings: &ServerSettings) -> ConnServer {
         // The header and keep-alive deadlines are `idle::ClientIo`'s.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
+        // A client's FIN after its request is not a cancel: it gets its
+        // answer, as from HAProxy without `option abortonclose` (hyper's
+        // default dropped the request, and the client got nothing). hyper
+        // also stops reading the socket while a request is in flight,
+        // which cost a new 8 KiB read buffer per request (the old one is
+        // still shared with the request's header values).
+        .half_close(true)
         .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())

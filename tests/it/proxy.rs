@@ -409,3 +409,35 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_route_timeout() {
     assert!(start.elapsed() < std::time::Duration::from_secs(2));
     r.stop().await;
 }
+
+/// A client that half-closes after sending its request (`nc -N`, scripts,
+/// some HTTP/1.0 tools) still gets its answer, as from HAProxy without
+/// `option abortonclose`: the end of its input is not a cancel. The router
+/// closes the connection after that answer, since nothing more can come.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("hc").await;
+    let text = [
+        service("default", "hc", &[up.port()]),
+        simple_route("default", "hc", "hc.example.com", "", "hc"),
+    ]
+    .concat();
+    let r = TestRouter::start(&[("hc.yaml", &text)]).await;
+    for path in ["/", "/delay/300"] {
+        let mut s = tokio::net::TcpStream::connect(r.http).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: hc.example.com\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp:?}");
+        assert!(resp.contains("name=hc"), "{path}: {resp}");
+        assert!(
+            closed_within(&mut s, std::time::Duration::from_secs(5))
+                .await
+                .is_some(),
+            "{path}: the router keeps a half-closed connection open"
+        );
+    }
+    r.stop().await;
+}
