@@ -557,9 +557,11 @@ impl Exchange {
         // copy of the head is kept before sending.
         let mut replay: Option<Request<()>> = None;
         proxy.retry_budget.deposit();
-        let deadline = tokio::time::Instant::now() + route.settings.timeout;
-        trace.connect = Some(connect_started.elapsed());
+        // One clock read for the connect time, the send time and the
+        // deadline (three reads before).
         let sent_at = std::time::Instant::now();
+        trace.connect = Some(sent_at.saturating_duration_since(connect_started));
+        let deadline = tokio::time::Instant::from_std(sent_at) + route.settings.timeout;
         let (mut endpoint, mut chosen, mut upstream) = (endpoint, chosen, upstream);
         let mut pending = Some(pending);
         let _ = protocol;
