@@ -412,8 +412,9 @@ async fn an_upstream_silent_mid_body_is_cut_after_the_route_timeout() {
 
 /// A client that half-closes after sending its request (`nc -N`, scripts,
 /// some HTTP/1.0 tools) still gets its answer, as from HAProxy without
-/// `option abortonclose`: the end of its input is not a cancel. The router
-/// closes the connection after that answer, since nothing more can come.
+/// `option abortonclose`: the end of its input is not a cancel, with or
+/// without a request body. The router closes the connection after that
+/// answer, since nothing more can come.
 #[tokio::test]
 async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     use tokio::io::AsyncWriteExt;
@@ -424,14 +425,26 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     ]
     .concat();
     let r = TestRouter::start(&[("hc.yaml", &text)]).await;
-    for path in ["/", "/delay/300"] {
+    // A GET answered at once and one answered late, and a POST whose
+    // body ends just before the FIN (the upstream echoes its length).
+    for (req, want) in [
+        ("GET / HTTP/1.1\r\nHost: hc.example.com\r\n\r\n", "name=hc"),
+        (
+            "GET /delay/300 HTTP/1.1\r\nHost: hc.example.com\r\n\r\n",
+            "name=hc",
+        ),
+        (
+            "POST /sink HTTP/1.1\r\nHost: hc.example.com\r\nContent-Length: 5\r\n\r\nhello",
+            "\r\n\r\n5",
+        ),
+    ] {
+        let path = req.split(' ').nth(1).unwrap_or("");
         let mut s = tokio::net::TcpStream::connect(r.http).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: hc.example.com\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         s.shutdown().await.unwrap();
         let resp = read_response(&mut s).await;
         assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp:?}");
-        assert!(resp.contains("name=hc"), "{path}: {resp}");
+        assert!(resp.contains(want), "{path}: {resp}");
         assert!(
             closed_within(&mut s, std::time::Duration::from_secs(5))
                 .await
