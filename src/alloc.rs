@@ -4,6 +4,7 @@
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
+use std::ffi::c_void;
 
 /// mimalloc through its plain entry points wherever their blocks are
 /// aligned enough, its aligned ones only beyond that (as std's `System`
@@ -28,31 +29,42 @@ fn plain(align: usize, size: usize) -> bool {
     align <= MI_MAX_ALIGN_SIZE && align <= size
 }
 
+/// A new block from `plain` when its blocks are aligned enough for
+/// `layout`, else from `aligned` (a mimalloc entry point and its aligned
+/// counterpart).
+///
+/// # Safety
+/// `plain` and `aligned` must be such a pair: C functions taking a size
+/// (and an alignment, a power of two) and returning a block or null.
+#[inline(always)]
+unsafe fn by_alignment(
+    layout: Layout,
+    plain_fn: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_fn: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: the caller's pair; Layout's alignment is a power of two.
+    unsafe {
+        if plain(layout.align(), layout.size()) {
+            plain_fn(layout.size()).cast()
+        } else {
+            aligned_fn(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every pointer handed out comes from mimalloc and goes back to it
 // (mi_free and mi_realloc take either kind); the alignment is checked above.
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: mimalloc's malloc contract; align is a power of two.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: mimalloc's malloc pair.
+        unsafe { by_alignment(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as alloc.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: mimalloc's zalloc pair.
+        unsafe { by_alignment(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
