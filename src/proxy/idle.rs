@@ -24,7 +24,10 @@
 //! hyper's connection — its 8 KiB read and 8 KiB write buffers and the
 //! boxed service future — and waits on the bare stream; the next request's
 //! first bytes start a fresh hyper connection with them. HAProxy releases
-//! an idle connection's buffers the same way.
+//! an idle connection's buffers the same way. An HTTP/2 connection cannot
+//! park (its HPACK tables and settings live on); the same timer only wakes
+//! it, and h2, waiting a second time with no streams, frees its read,
+//! write and HPACK string buffers (the patch in `vendor/h2`).
 
 use super::ConnInfo;
 use bytes::{Buf, Bytes};
@@ -50,8 +53,8 @@ pub struct Deadlines {
     /// close the connection (HAProxy's `timeout client` on the send side;
     /// slow-read attacks). Zero: no limit.
     pub send: Duration,
-    /// An HTTP/1 connection idle this long releases its buffers (see the
-    /// module documentation). Zero: never.
+    /// A connection idle this long releases its buffers (see the module
+    /// documentation). Zero: never.
     pub park: Duration,
 }
 
@@ -229,7 +232,7 @@ impl<I> ClientIo<I> {
                 self.deadline = now + self.deadlines.keep_alive;
                 let mut first = self.deadlines.header.min(self.deadlines.keep_alive);
                 self.park_at = None;
-                if self.h2 == Some(false) && !self.deadlines.park.is_zero() {
+                if self.h2.is_some() && !self.deadlines.park.is_zero() {
                     first = first.min(self.deadlines.park);
                     self.park_at = Some(now + self.deadlines.park);
                 }
@@ -314,7 +317,14 @@ impl<I> ClientIo<I> {
             if let Some(at) = self.park_at {
                 if now >= at {
                     self.park_at = None;
-                    if self.mode == Mode::Idle && !self.write_pending && !self.parked {
+                    // HTTP/2 cannot park (its HPACK tables live on): this
+                    // wake-up alone makes h2 wait a second time with no
+                    // streams, and free its buffers (vendor/h2/PATCH.md).
+                    if self.mode == Mode::Idle
+                        && !self.write_pending
+                        && !self.parked
+                        && self.h2 == Some(false)
+                    {
                         return Fired::Park;
                     }
                 } else {

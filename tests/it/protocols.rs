@@ -91,6 +91,71 @@ async fn curl_speaks_h2c_through_the_router() {
     r.stop().await;
 }
 
+/// An HTTP/2 connection idle for a second (`PARK_AFTER`) frees its read,
+/// write and HPACK buffers (the patch in vendor/h2), and its HPACK tables
+/// keep copies, not slices of those buffers. One client connection goes
+/// idle four times; after each pause it must still serve: a 3 kB header
+/// with fields the client indexed on the first request and now sends by
+/// index, a 40 kB answer written through the reallocated write buffer, and
+/// a 100 kB upload read through the reallocated read buffer. (curl 7.88's
+/// h2c prior knowledge cannot reuse a connection: its second transfer
+/// fails with "Error in the HTTP2 framing layer", against nginx too.)
+#[tokio::test]
+async fn an_idle_h2_connection_answers_again_after_freeing_its_buffers() {
+    let up = Upstream::start("idle").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "r", "idle.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    let mut h2 = h2_connect(r.http).await;
+    let big = "v".repeat(3000);
+    let pause = || tokio::time::sleep(Duration::from_millis(1300));
+    // A connection stuck without a write buffer would hang, not fail.
+    async fn answered<F: std::future::Future<Output = hyper::Result<R>>, R>(f: F) -> R {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("answered within 10 s")
+            .unwrap()
+    }
+    for uri in ["/a", "/b"] {
+        pause().await;
+        let req = http::Request::get(format!("http://idle.example.com{uri}"))
+            .header("x-big", big.as_str())
+            .header("x-indexed", "same-every-time")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = answered(h2.send_request(req)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains(&format!("uri={uri}\n")), "{body}");
+        assert!(body.contains("host: idle.example.com\n"), "{body}");
+        assert!(body.contains(&format!("x-big: {big}\n")), "{body}");
+        assert!(body.contains("x-indexed: same-every-time\n"), "{body}");
+    }
+    pause().await;
+    let req = http::Request::get("http://idle.example.com/bytes/40000")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = answered(h2.send_request(req)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 40000);
+    assert!(body.iter().all(|&b| b == b'x'));
+    pause().await;
+    let req = http::Request::post("http://idle.example.com/sink")
+        .body(Full::new(Bytes::from(vec![b'u'; 100_000])))
+        .unwrap();
+    let resp = answered(h2.send_request(req)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"100000");
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn grpc_over_h2c_keeps_trailers_end_to_end() {
     let up = Upstream::start_h2c("grpc").await;

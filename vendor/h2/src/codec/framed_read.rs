@@ -18,6 +18,10 @@ use tokio::io::AsyncRead;
 use tokio_util::codec::FramedRead as InnerFramedRead;
 use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 
+/// What the read buffer is allocated with again after an idle release
+/// (tokio-util's `FramedRead` starts with the same).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
@@ -66,6 +70,19 @@ impl<T> FramedRead<T> {
 
     pub fn get_ref(&self) -> &T {
         self.inner.get_ref()
+    }
+
+    /// Frees the read buffer and the HPACK decoder's string buffer if they
+    /// hold nothing (gatehouse patch): an idle connection then keeps neither
+    /// (8 KiB + 4 KiB). `poll_next` and the decoder allocate them again.
+    pub(crate) fn release_idle_buffers(&mut self) {
+        let buf = self.inner.read_buffer_mut();
+        if buf.is_empty() && buf.capacity() != 0 {
+            *buf = BytesMut::new();
+        }
+        if self.decoder.partial.is_none() {
+            self.decoder.hpack.release_idle_buffer();
+        }
     }
 
     pub fn get_mut(&mut self) -> &mut T {
@@ -419,6 +436,11 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        // Released while idle (gatehouse patch): allocate it again here, or
+        // the inner reader's `reserve(1)` would read a few bytes at a time.
+        if self.inner.read_buffer().capacity() == 0 {
+            self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+        }
         loop {
             tracing::trace!("poll");
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {

@@ -126,6 +126,17 @@ where
         self.encoder.has_capacity()
     }
 
+    /// Frees the write buffer if it holds nothing (gatehouse patch): an idle
+    /// connection then keeps no 16 KiB buffer. `buffer` allocates it again.
+    pub(crate) fn release_idle_buffer(&mut self) {
+        if self.encoder.next.is_none()
+            && !self.encoder.buf.has_remaining()
+            && self.encoder.buf.get_ref().capacity() != 0
+        {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+        }
+    }
+
     /// Buffer a frame.
     ///
     /// `poll_ready` must be called first to ensure that a frame may be
@@ -223,6 +234,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // Released while idle (gatehouse patch): allocate it again.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +322,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (capacity 0) is allocated when a frame comes.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

@@ -10,6 +10,10 @@ use std::cmp;
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::ops::ControlFlow;
+
+/// The Huffman string buffer's allocation (and reallocation after an idle
+/// release: gatehouse patch).
+const STRING_BUFFER_CAPACITY: usize = 4096;
 use std::str::Utf8Error;
 
 /// Decodes headers using HPACK
@@ -158,7 +162,15 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::with_capacity(STRING_BUFFER_CAPACITY),
+        }
+    }
+
+    /// Frees the Huffman string buffer if it holds nothing (gatehouse
+    /// patch); decoded strings keep their own share of it.
+    pub(crate) fn release_idle_buffer(&mut self) {
+        if self.buffer.is_empty() && self.buffer.capacity() != 0 {
+            self.buffer = BytesMut::new();
         }
     }
 
@@ -333,6 +345,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // Released while idle (gatehouse patch): allocate it again.
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(STRING_BUFFER_CAPACITY);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
@@ -539,8 +555,9 @@ impl Table {
         if self.size + len <= self.max_size {
             self.size += len;
 
-            // Track the entry
-            self.entries.push_front(entry);
+            // Track the entry, not a slice of the read buffer (gatehouse
+            // patch).
+            self.entries.push_front(entry.into_owned());
         }
     }
 

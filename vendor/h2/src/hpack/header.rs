@@ -102,6 +102,32 @@ impl Header {
         }
     }
 
+    /// The same header sharing no buffer with the frame or message it came
+    /// from (gatehouse patch). A dynamic-table entry lives as long as the
+    /// connection; a slice would keep alive the whole read buffer it points
+    /// into (8 KiB per idle connection, the client's or the upstream's).
+    pub fn into_owned(self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                // Field names are always copied (or static) by `http`.
+                let value = match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(mut copy) => {
+                        copy.set_sensitive(value.is_sensitive());
+                        copy
+                    }
+                    Err(_) => value,
+                };
+                Header::Field { name, value }
+            }
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            // Both own their bytes.
+            h @ (Header::Method(_) | Header::Status(_)) => h,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {

@@ -339,7 +339,8 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // Not a slice of the sender's buffer (gatehouse patch).
+            header: header.into_owned(),
             next: None,
         });
     }

@@ -24,6 +24,12 @@ where
     codec: Codec<T, Prioritized<B>>,
 
     inner: ConnectionInner<P, B>,
+
+    /// Waiting turns in a row with no streams (gatehouse patch): the second
+    /// frees the codec's empty buffers. A client sending one request after
+    /// another waits once between them and keeps its buffers; an idle
+    /// connection is polled again by its owner's timer or a PING.
+    idle_waits: u8,
 }
 
 // Extracted part of `Connection` which does not depend on `T`. Reduces the amount of duplicated
@@ -159,6 +165,7 @@ where
         span.follows_from(tracing::Span::current());
         Connection {
             codec,
+            idle_waits: 0,
             inner: ConnectionInner {
                 state: State::Open,
                 error: None,
@@ -330,6 +337,17 @@ where
                             {
                                 self.inner.as_dyn().go_away_now(Reason::NO_ERROR);
                                 continue;
+                            }
+
+                            // Idle (gatehouse patch): poll_complete has
+                            // flushed; on the second wait in a row with no
+                            // streams, keep no buffers.
+                            if self.inner.streams.has_streams() {
+                                self.idle_waits = 0;
+                            } else if self.idle_waits == 0 {
+                                self.idle_waits = 1;
+                            } else {
+                                self.codec.release_idle_buffers();
                             }
 
                             return Poll::Pending;
