@@ -259,6 +259,10 @@ async fn start_inner(
     })
 }
 
+/// Publishes between two sweeps of the live-state and counter registries
+/// (always after a full compile).
+const PRUNE_EVERY: u64 = 16;
+
 /// Turn every source snapshot into a published table: a full compile when
 /// routes or services changed, an endpoint-only update otherwise.
 async fn compile_loop(
@@ -385,10 +389,7 @@ async fn compile_loop(
             logged.extend(now);
         }
         let t = compiled.table;
-        let (hosts, routes) = (
-            t.host_count(),
-            t.statuses.iter().filter(|s| s.admitted).count(),
-        );
+        let (hosts, routes) = (t.host_count(), t.admitted_routes);
         let rejected = t.statuses.len() - routes;
         let old_table = store.publish(t);
         let took = started.elapsed();
@@ -399,12 +400,19 @@ async fn compile_loop(
         // serves requests, and at the control plane's priority (a blocking
         // pool thread would run it at the workers' own).
         let (live, stats) = (cfg.live.clone(), cfg.stats.clone());
+        // Endpoints and routes no table refers to any more lose their live
+        // state and counters at once (their registries hold them weakly);
+        // the registries' dead entries are swept after a full compile and
+        // every PRUNE_EVERY publishes, not after each: a sweep visits every
+        // endpoint and route (10k), which at 10 changes a second was a
+        // large share of a change's CPU.
+        let prune = kind == CompileKind::Full || generation.is_multiple_of(PRUNE_EVERY);
         let release = move || {
             drop((old_table, old_objects));
-            // Endpoints and routes no table refers to any more lose their
-            // live state and counters.
-            live.prune();
-            stats.prune();
+            if prune {
+                live.prune();
+                stats.prune();
+            }
         };
         // Queued behind nothing (the compile is done): runs now, and the
         // next compile waits for it on the same thread.

@@ -200,8 +200,8 @@ pub fn compile_reusing(
     let table = RoutingTable {
         generation,
         claimants: claimants(&statuses, &claimed).collect(),
-        certs: cert_map,
-        wildcard_certs,
+        certs: cert_map.into_iter().collect(),
+        wildcard_certs: wildcard_certs.into_iter().collect(),
         exact: exact
             .into_iter()
             .map(|(k, v)| (k, host_routes(v)))
@@ -210,13 +210,12 @@ pub fn compile_reusing(
             .into_iter()
             .map(|(k, v)| (k, host_routes(v)))
             .collect(),
-        statuses: Arc::new(statuses.into_iter().map(Arc::new).collect()),
-        by_service: Arc::new(
-            by_service
-                .into_iter()
-                .map(|(k, v)| (Arc::new(k), v.into_iter().collect()))
-                .collect(),
-        ),
+        admitted_routes: statuses.iter().filter(|s| s.admitted).count(),
+        statuses: statuses.into_iter().map(Arc::new).collect(),
+        by_service: by_service
+            .into_iter()
+            .map(|(k, v)| (Arc::new(k), v.into_iter().collect::<Arc<[HostRef]>>()))
+            .collect(),
     };
     Compiled {
         table,

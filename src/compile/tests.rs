@@ -587,8 +587,12 @@ fn scoped_matches_full(cfg: &CompileConfig, reasons_met: usize) {
                 incremental += 1;
                 inc.table.check_invariants();
                 assert_eq!(
-                    *inc.table.statuses, *full.table.statuses,
+                    inc.table.statuses, full.table.statuses,
                     "statuses at generation {generation}"
+                );
+                assert_eq!(
+                    inc.table.admitted_routes, full.table.admitted_routes,
+                    "admitted at generation {generation}"
                 );
                 assert_eq!(
                     served(&inc.table),
@@ -653,7 +657,7 @@ fn changed_routes_decline_what_they_cannot_scope() {
     // The same change without the wildcard permission is scoped.
     let tw = compile(&w, &cfg, 2).table;
     let inc = compile_changed_routes(&w, &w2, &cfg, 3, &tw).expect("scoped");
-    assert_eq!(*inc.table.statuses, *compile(&w2, &cfg, 3).table.statuses);
+    assert_eq!(inc.table.statuses, compile(&w2, &cfg, 3).table.statuses);
     // The changed route's problems are stated afresh.
     assert_eq!(inc.renewed, ["Route default/c"]);
     // An Ingress of no class this router serves does not stop scoping.

@@ -90,7 +90,7 @@ pub async fn run(
     // (with no new observation and no route waiting to leave) there is
     // nothing to do; at 10k routes and 100 endpoint updates per second a
     // full pass each time was a visible share of the router's CPU.
-    let mut last_statuses: Option<Arc<Vec<Arc<RouteStatus>>>> = None;
+    let mut last_statuses: Option<imbl::Vector<Arc<RouteStatus>>> = None;
     let mut dirty = true;
     loop {
         tokio::select! {
@@ -110,7 +110,7 @@ pub async fn run(
             && !leaving
             && last_statuses
                 .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, &table.statuses))
+                .is_some_and(|s| s.ptr_eq(&table.statuses))
         {
             continue;
         }

@@ -7,6 +7,7 @@
 
 mod live;
 mod lookup;
+mod sharded;
 mod stats;
 mod store;
 
@@ -15,11 +16,11 @@ pub use stats::{RouteCounters, StatsRegistry, UpstreamError, CLASS_LABELS, STICK
 pub use live::{ActiveGuard, EndpointCounters, EndpointLive, HealthPolicy, LiveRegistry};
 
 pub use lookup::{path_matches, precedence as path_precedence};
+pub(crate) use sharded::ShardedMap;
 pub use store::TableStore;
 
 use crate::model::admission::{InsecurePolicy, RouteStatus, Termination};
 use crate::model::Key;
-use crate::pool::fxhash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,23 +63,26 @@ impl UpstreamTls {
 #[derive(Debug, Default, Clone)]
 pub struct RoutingTable {
     pub generation: u64,
-    pub(crate) exact: FxHashMap<Arc<str>, Arc<HostRoutes>>,
+    /// By host. The maps by host are sharded so that a table made from
+    /// the previous one shares what did not change (see `sharded`).
+    pub(crate) exact: ShardedMap<Arc<HostRoutes>>,
     /// Keyed by the domain a `Subdomain` route covers (`example.com` for
     /// `*.example.com`).
-    pub(crate) wildcard: FxHashMap<Arc<str>, Arc<HostRoutes>>,
-    /// One row per candidate route, admitted or not, for `/api/routes`.
-    /// Rows are shared between tables: a change to a few routes copies
-    /// pointers, not every row.
-    pub statuses: Arc<Vec<Arc<RouteStatus>>>,
+    pub(crate) wildcard: ShardedMap<Arc<HostRoutes>>,
+    /// One row per candidate route, admitted or not, for `/api/routes`, in
+    /// admission order. A persistent vector: a change to a few routes
+    /// copies a few nodes, not every row's pointer.
+    pub statuses: imbl::Vector<Arc<RouteStatus>>,
+    /// How many of `statuses` are admitted (kept, not counted per change).
+    pub admitted_routes: usize,
     /// service → the host entries whose routes send to it, so an
     /// endpoint-only change rebuilds just those.
-    /// Keys and lists are shared, so a copy of the index for a change to a
-    /// few hosts copies pointers.
-    pub(crate) by_service: Arc<FxHashMap<Arc<Key>, Arc<[HostRef]>>>,
+    /// A persistent map: a change to a few hosts copies a few nodes.
+    pub(crate) by_service: imbl::OrdMap<Arc<Key>, Arc<[HostRef]>>,
     /// Serving certificates by exact host (route or Ingress TLS).
-    pub(crate) certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
+    pub(crate) certs: ShardedMap<Arc<CertifiedKey>>,
     /// Serving certificates of Subdomain routes, by the domain they cover.
-    pub(crate) wildcard_certs: FxHashMap<Arc<str>, Arc<CertifiedKey>>,
+    pub(crate) wildcard_certs: ShardedMap<Arc<CertifiedKey>>,
     /// Host → the Routes (in the shard, not Ingress-derived) that claim it,
     /// admitted or not: what a change to one of them re-admits.
     pub(crate) claimants: imbl::OrdMap<String, Arc<[Key]>>,
