@@ -8,17 +8,18 @@
 //! each behind its own `Arc`: a copy shares all of them, and a change
 //! copies only the shards it touches (~160 entries each at 10k hosts).
 //!
-//! A lookup hashes the name once more to pick the shard (the Fx hash,
-//! mixed so the shard does not correlate with the bits the shard's own
-//! table uses).
+//! A lookup hashes the name once (the Fx hash): the shard comes from a
+//! mix of that hash, so it does not correlate with the bits the shard's
+//! own table takes (low bits: bucket; top 7: tag).
 
-use crate::pool::fxhash::{FxHashMap, FxHasher};
+use crate::pool::fxhash::FxHasher;
+use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::Hasher;
 use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
-type Shard<V> = FxHashMap<Arc<str>, V>;
+type Shard<V> = HashTable<(Arc<str>, V)>;
 
 /// Host name → `V`, cheap to copy and to change in a few places.
 #[derive(Clone)]
@@ -36,36 +37,56 @@ impl<V> Default for ShardedMap<V> {
 }
 
 #[inline]
-fn shard_of(key: &str) -> usize {
+fn hash(key: &str) -> u64 {
     let mut h = FxHasher::default();
     h.write(key.as_bytes());
-    // Top bits of a second multiply: independent enough of the low bits
-    // (bucket) and top 7 bits (tag) the shard's table takes from the hash.
-    (h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 6)) as usize
+    h.finish()
+}
+
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 6)) as usize
 }
 
 impl<V: Clone> ShardedMap<V> {
     #[inline]
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.shards.get(shard_of(key))?.get(key)
+        let h = hash(key);
+        let (_, v) = self
+            .shards
+            .get(shard_of(h))?
+            .find(h, |(k, _)| **k == *key)?;
+        Some(v)
     }
 
-    /// The shard for `key`, copied first if another table shares it.
-    fn shard_mut(&mut self, key: &str) -> &mut Shard<V> {
+    /// The shard for hash `h`, copied first if another table shares it.
+    fn shard_mut(&mut self, h: u64) -> &mut Shard<V> {
         if self.shards.is_empty() {
-            self.shards = (0..SHARDS).map(|_| Arc::default()).collect();
+            self.shards = (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect();
         }
-        Arc::make_mut(&mut self.shards[shard_of(key)])
+        Arc::make_mut(&mut self.shards[shard_of(h)])
     }
 
     pub fn insert(&mut self, key: Arc<str>, value: V) -> Option<V> {
-        self.shard_mut(&key).insert(key, value)
+        let h = hash(&key);
+        let entry = self
+            .shard_mut(h)
+            .entry(h, |(k, _)| *k == key, |(k, _)| hash(k));
+        match entry {
+            Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
+            Entry::Vacant(v) => {
+                v.insert((key, value));
+                None
+            }
+        }
     }
 
     pub fn remove(&mut self, key: &str) -> Option<V> {
         // Not here: leave a shared shard shared.
         self.get(key)?;
-        self.shard_mut(key).remove(key)
+        let h = hash(key);
+        let found = self.shard_mut(h).find_entry(h, |(k, _)| **k == *key);
+        found.ok().map(|o| o.remove().0 .1)
     }
 
     pub fn len(&self) -> usize {
@@ -78,7 +99,9 @@ impl<V: Clone> ShardedMap<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &V)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     #[cfg(test)]
