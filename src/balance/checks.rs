@@ -4,7 +4,7 @@
 //! Results mark endpoints down/up in their live state, which survives
 //! table swaps.
 
-use crate::table::{Endpoint, EndpointLive, TableStore};
+use crate::table::{Endpoint, EndpointLive, HostRoutes, Shard, TableStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,27 +17,61 @@ const TICK: Duration = Duration::from_millis(250);
 /// How often, at most, the list of endpoints to check is rebuilt.
 const REBUILD: Duration = Duration::from_secs(1);
 
+type Target = (Endpoint, Duration, Arc<EndpointLive>);
+type HostShard = Arc<Shard<Arc<HostRoutes>>>;
+
+/// What the last collect found in each shard of the table's host maps,
+/// with the shard: a later table that still shares a shard holds the same
+/// routes there, so only the shards a change copied are walked again (at
+/// 10k routes, walking them all on every change was the checker's cost,
+/// on a proxy thread).
+#[derive(Default)]
+struct Collected {
+    parts: Vec<(HostShard, Vec<Target>)>,
+}
+
 /// Endpoint → shortest interval asked by any route using it, for routes with
 /// more than one endpoint (as OpenShift: no checks for a lone endpoint,
 /// there is nothing to fail over to).
-fn collect(store: &TableStore) -> Vec<(Endpoint, Duration, Arc<EndpointLive>)> {
-    let mut due: HashMap<Endpoint, (Duration, Arc<EndpointLive>)> = HashMap::new();
+fn collect(store: &TableStore, cache: &mut Collected) -> Vec<Target> {
     let table = store.load();
-    for route in table.routes() {
-        let set = &route.backends;
-        if set.members.len() < 2 {
-            continue;
-        }
-        for m in set.members.iter() {
-            let g = &set.groups[m.group as usize];
-            let ep = &g.endpoints[m.index as usize];
-            let e = due
-                .entry(ep.clone())
-                .or_insert_with(|| (route.settings.check_interval, m.live.clone()));
-            e.0 = e.0.min(route.settings.check_interval);
+    let mut parts = Vec::new();
+    for (i, shard) in table.host_shards().enumerate() {
+        let part = match cache.parts.get_mut(i) {
+            Some((old, part)) if Arc::ptr_eq(old, shard) => std::mem::take(part),
+            _ => shard_targets(shard),
+        };
+        parts.push((shard.clone(), part));
+    }
+    let mut due: HashMap<Endpoint, (Duration, Arc<EndpointLive>)> = HashMap::new();
+    for (ep, interval, live) in parts.iter().flat_map(|(_, p)| p) {
+        let e = due
+            .entry(ep.clone())
+            .or_insert_with(|| (*interval, live.clone()));
+        e.0 = e.0.min(*interval);
+    }
+    cache.parts = parts;
+    due.into_iter().map(|(ep, (i, l))| (ep, i, l)).collect()
+}
+
+/// Every endpoint of every route with more than one, in one shard, with
+/// its route's interval.
+fn shard_targets(shard: &Shard<Arc<HostRoutes>>) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (_, host) in shard.iter() {
+        for route in host.routes.iter() {
+            let set = &route.backends;
+            if set.members.len() < 2 {
+                continue;
+            }
+            for m in set.members.iter() {
+                let g = &set.groups[m.group as usize];
+                let ep = &g.endpoints[m.index as usize];
+                out.push((ep.clone(), route.settings.check_interval, m.live.clone()));
+            }
         }
     }
-    due.into_iter().map(|(ep, (i, l))| (ep, i, l)).collect()
+    out
 }
 
 /// Run until `shutdown`.
@@ -50,7 +84,8 @@ pub async fn run(
     // REBUILD: with 10k routes × 5 endpoints, rebuilding on every tick or
     // every endpoint update was the router's largest CPU cost
     // (benches/kube_sync under endpoint churn).
-    let mut targets: Vec<(Endpoint, Duration, Arc<EndpointLive>)> = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    let mut cache = Collected::default();
     let mut built_gen = None;
     let mut built_at = tokio::time::Instant::now();
     loop {
@@ -60,7 +95,7 @@ pub async fn run(
         }
         let gen = store.load().generation;
         if built_gen != Some(gen) && (built_gen.is_none() || built_at.elapsed() >= REBUILD) {
-            targets = collect(&store);
+            targets = collect(&store, &mut cache);
             built_gen = Some(gen);
             built_at = tokio::time::Instant::now();
         }

@@ -16,7 +16,7 @@ pub use stats::{RouteCounters, StatsRegistry, UpstreamError, CLASS_LABELS, STICK
 pub use live::{ActiveGuard, EndpointCounters, EndpointLive, HealthPolicy, LiveRegistry};
 
 pub use lookup::{path_matches, precedence as path_precedence};
-pub(crate) use sharded::ShardedMap;
+pub(crate) use sharded::{Shard, ShardedMap};
 pub use store::TableStore;
 
 use crate::model::admission::{InsecurePolicy, RouteStatus, Termination};
@@ -386,6 +386,12 @@ impl RoutingTable {
     /// Number of hosts with at least one route.
     pub fn host_count(&self) -> usize {
         self.exact.len() + self.wildcard.len()
+    }
+
+    /// The shards of the exact and wildcard host maps, in a fixed order:
+    /// a shard this table shares with another holds the same routes.
+    pub(crate) fn host_shards(&self) -> impl Iterator<Item = &Arc<Shard<Arc<HostRoutes>>>> {
+        self.exact.shards().iter().chain(self.wildcard.shards())
     }
 
     /// Every admitted route, in no particular order.

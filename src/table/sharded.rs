@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 const SHARDS: usize = 64;
 
-type Shard<V> = HashTable<(Arc<str>, V)>;
+/// One shard: (name, value) pairs.
+pub(crate) type Shard<V> = HashTable<(Arc<str>, V)>;
 
 /// Host name → `V`, cheap to copy and to change in a few places.
 #[derive(Clone)]
@@ -111,6 +112,12 @@ impl<V: Clone> ShardedMap<V> {
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
+    }
+
+    /// The shards (none for an empty map): a reader that derives something
+    /// per shard can keep it while the shard is the same allocation.
+    pub fn shards(&self) -> &[Arc<Shard<V>>] {
+        &self.shards
     }
 }
 

@@ -561,6 +561,82 @@ async fn active_checks_mark_endpoints_down_and_up() {
     r.stop().await;
 }
 
+/// The checker rebuilds its list after a table change from the host-map
+/// shards the change copied, reusing what it found in the shards the new
+/// table shares: a route added later gets its endpoints checked, and the
+/// first route's checks go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_follow_routes_added_after_a_table_change() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (dead1, dead2) = (dead_port().await, dead_port().await);
+    let check = [("router.openshift.io/haproxy.health.check.interval", "100ms")];
+    let file = |svc: &str, ports: &[u16], name: &str, host: &str| {
+        format!(
+            "{}{}",
+            service("default", svc, ports),
+            route(
+                "default",
+                name,
+                "2024-01-01T00:00:00Z",
+                host,
+                "",
+                svc,
+                &check,
+                ""
+            )
+        )
+    };
+    let r = TestRouter::start(&[(
+        "c.yaml",
+        &file("web", &[a.port(), dead1], "c", "c.example.com"),
+    )])
+    .await;
+    let down = |port: u16| {
+        let admin = r.admin;
+        async move {
+            let v: serde_json::Value =
+                serde_json::from_str(&get(admin, "admin", "/api/backends", &[]).await.body)
+                    .unwrap();
+            let suffix = format!(":{port}");
+            v["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|b| b["endpoints"].as_array().unwrap().iter())
+                .find(|e| e["address"].as_str().unwrap().ends_with(&suffix))
+                .map(|e| e["down"] == true)
+        }
+    };
+    let wait = |port: u16, want: bool| {
+        let down = &down;
+        async move {
+            let start = Instant::now();
+            while down(port).await != Some(want) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(4),
+                    "endpoint :{port} never became down={want}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait(dead1, true).await;
+    // A second route, in a table that shares most shards with the first.
+    r.write(
+        "d.yaml",
+        &file("web2", &[b.port(), dead2], "d", "d.example.com"),
+    )
+    .await;
+    wait(dead2, true).await;
+    // The first route's endpoint is still checked: it comes back up.
+    let _l = tokio::net::TcpListener::bind(("127.0.0.1", dead1))
+        .await
+        .unwrap();
+    wait(dead1, false).await;
+    assert_eq!(r.get("d.example.com", "/").await.echoed("name"), Some("b"));
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_killed_mid_load_costs_no_get() {
     let a = Upstream::start("a").await;
