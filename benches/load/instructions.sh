@@ -134,20 +134,7 @@ spec:
   to: {kind: Service, name: hello}
   port: {targetPort: http}
 EOF
-    for i in $(seq 1 "$FILLER"); do
-        echo ---
-        service_yaml "filler$i" "127.0.1.$((i % 250 + 1))" 8080
-        cat <<EOF
----
-apiVersion: route.openshift.io/v1
-kind: Route
-metadata: {name: filler$i, namespace: bench}
-spec:
-  host: filler$i.bench.local
-  to: {kind: Service, name: filler$i}
-  port: {targetPort: http}
-EOF
-    done
+    filler_yaml "$FILLER"
 } >"$TMP/manifests/routes.yaml"
 {
     echo "$HOST be_hello"

@@ -87,6 +87,28 @@ subsets:
 EOF
 }
 
+# The filler routes of the load scripts' large tables: N Routes, each with
+# its own Service and Endpoints (filler1..N in namespace bench, host
+# fillerI.bench.local, endpoint filler_ip I, port 8080), as YAML on stdout.
+filler_ip() { echo "127.0.1.$(($1 % 250 + 1))"; }
+filler_yaml() {
+    local i
+    for i in $(seq 1 "$1"); do
+        echo ---
+        service_yaml "filler$i" "127.0.1.$((i % 250 + 1))" 8080 # filler_ip, without a fork
+        cat <<EOF
+---
+apiVersion: route.openshift.io/v1
+kind: Route
+metadata: {name: filler$i, namespace: bench}
+spec:
+  host: filler$i.bench.local
+  to: {kind: Service, name: filler$i}
+  port: {targetPort: http}
+EOF
+    done
+}
+
 # The forwarded headers the OpenShift router's template sets (policy
 # "append") as HAProxy backend lines, for the backends gatehouse is compared
 # with (gatehouse sets the same headers): same work on both sides.

@@ -356,7 +356,6 @@ nginx_accepts() { curl -s --max-time 2 "http://127.0.0.1:$NGINX_STATUS/" | awk '
 # ---------------------------------------------------------------- routes
 # Filler endpoints stay on loopback (127.0.1.x, nothing listens): a benchmark
 # never sends a packet off this machine, even by mistake.
-filler_ip() { echo "127.0.1.$(($1 % 250 + 1))"; }
 
 MANIFESTS=$TMP/manifests
 mkdir -p "$MANIFESTS"
@@ -398,20 +397,7 @@ spec:
   port: {targetPort: http}
 EOF
 } >"$MANIFESTS/split.yaml"
-for i in $(seq 1 "$FILLER"); do
-    echo ---
-    service_yaml "filler$i" "$(filler_ip "$i")" 8080
-    cat <<EOF
----
-apiVersion: route.openshift.io/v1
-kind: Route
-metadata: {name: filler$i, namespace: bench}
-spec:
-  host: filler$i.bench.local
-  to: {kind: Service, name: filler$i}
-  port: {targetPort: http}
-EOF
-done >"$MANIFESTS/filler.yaml"
+filler_yaml "$FILLER" >"$MANIFESTS/filler.yaml"
 if [ "$TLS" = 1 ]; then
     cat >"$MANIFESTS/hello-tls.yaml" <<EOF
 apiVersion: route.openshift.io/v1

@@ -32,20 +32,7 @@ BINS=("$@")
 for b in "${BINS[@]}"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 1; }; done
 
 DIR=$TMP # lib.sh's: removed on exit, with the processes in PIDS stopped
-for i in $(seq 1 "$FILLER"); do
-    echo ---
-    service_yaml "filler$i" "127.0.1.$((i % 250 + 1))" 8080
-    cat <<EOF
----
-apiVersion: route.openshift.io/v1
-kind: Route
-metadata: {name: filler$i, namespace: bench}
-spec:
-  host: filler$i.bench.local
-  to: {kind: Service, name: filler$i}
-  port: {targetPort: http}
-EOF
-done >"$DIR/filler.yaml"
+filler_yaml "$FILLER" >"$DIR/filler.yaml"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 generation() {
