@@ -203,7 +203,7 @@ pub fn compile_changed_routes(
         // there. A route with no row (outside the shard) is not found.
         if let Ok(at) = rows.binary_search_by(|s| age_in(prev_objs, s).cmp(&key)) {
             let row = rows.remove(at);
-            admitted_routes -= usize::from(row.admitted);
+            admitted_routes = admitted_routes.saturating_sub(usize::from(row.admitted));
         }
     }
     for (row, c) in statuses.into_iter().zip(&subset) {

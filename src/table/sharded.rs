@@ -137,6 +137,8 @@ impl<V: Clone> FromIterator<(Arc<str>, V)> for ShardedMap<V> {
     }
 }
 
+/// Tests only: a missing name panics.
+#[cfg(test)]
 impl<V: Clone> std::ops::Index<&str> for ShardedMap<V> {
     type Output = V;
     fn index(&self, key: &str) -> &V {
