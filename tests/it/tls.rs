@@ -279,6 +279,26 @@ async fn alpn_h2_for_own_certificates_http11_for_the_default() {
     )
     .unwrap();
     assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    // Idle past PARK_AFTER: the connection frees its h2 buffers under TLS
+    // too (vendor/h2/PATCH.md) and serves the next request.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        send.send_request(
+            http::Request::get("https://a.example.com/again")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("answered within 10 s after the idle pause")
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("uri=/again"),
+        "{body:?}"
+    );
 
     // Default certificate: only http/1.1 is offered (no coalescing).
     let text = s_client(addr, "d.example.com").await;
