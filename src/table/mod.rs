@@ -77,8 +77,9 @@ pub struct RoutingTable {
     pub admitted_routes: usize,
     /// service → the host entries whose routes send to it, so an
     /// endpoint-only change rebuilds just those.
-    /// A persistent map: a change to a few hosts copies a few nodes.
-    pub(crate) by_service: imbl::OrdMap<Arc<Key>, Arc<[HostRef]>>,
+    /// A persistent hash map: a change to a few hosts copies a few nodes
+    /// (a persistent B-tree compared keys' strings on every insert).
+    pub(crate) by_service: ServiceIndex,
     /// Serving certificates by exact host (route or Ingress TLS).
     pub(crate) certs: ShardedMap<Arc<CertifiedKey>>,
     /// Serving certificates of Subdomain routes, by the domain they cover.
@@ -87,6 +88,14 @@ pub struct RoutingTable {
     /// admitted or not: what a change to one of them re-admits.
     pub(crate) claimants: imbl::OrdMap<String, Arc<[Key]>>,
 }
+
+/// Service → the host entries whose routes send to it.
+pub(crate) type ServiceIndex = imbl::GenericHashMap<
+    Arc<Key>,
+    Arc<[HostRef]>,
+    crate::pool::fxhash::Build,
+    imbl::shared_ptr::DefaultSharedPtr,
+>;
 
 /// Points at one entry of `exact` or `wildcard`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

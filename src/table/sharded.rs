@@ -130,10 +130,34 @@ impl<V: Clone> Extend<(Arc<str>, V)> for ShardedMap<V> {
 }
 
 impl<V: Clone> FromIterator<(Arc<str>, V)> for ShardedMap<V> {
+    /// Each shard sized once for its entries (a full compile builds 10k).
     fn from_iter<T: IntoIterator<Item = (Arc<str>, V)>>(iter: T) -> Self {
-        let mut m = ShardedMap::default();
-        m.extend(iter);
-        m
+        let mut parts: Vec<Vec<(u64, Arc<str>, V)>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        let mut any = false;
+        for (k, v) in iter {
+            let h = hash(&k);
+            parts[shard_of(h)].push((h, k, v));
+            any = true;
+        }
+        if !any {
+            return ShardedMap::default();
+        }
+        let shards = parts
+            .into_iter()
+            .map(|part| {
+                let mut t = HashTable::with_capacity(part.len());
+                for (h, k, v) in part {
+                    match t.entry(h, |(e, _): &(Arc<str>, V)| *e == k, |(e, _)| hash(e)) {
+                        Entry::Occupied(mut o) => o.get_mut().1 = v,
+                        Entry::Vacant(e) => {
+                            e.insert((k, v));
+                        }
+                    }
+                }
+                Arc::new(t)
+            })
+            .collect();
+        ShardedMap { shards }
     }
 }
 
