@@ -49,6 +49,17 @@ fn shard_of(hash: u64) -> usize {
     (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 6)) as usize
 }
 
+/// `key` → `value` in one shard (`h` its hash); the value it replaced.
+fn put<V>(t: &mut Shard<V>, h: u64, key: Arc<str>, value: V) -> Option<V> {
+    match t.entry(h, |(k, _)| *k == key, |(k, _)| hash(k)) {
+        Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
+        Entry::Vacant(v) => {
+            v.insert((key, value));
+            None
+        }
+    }
+}
+
 impl<V: Clone> ShardedMap<V> {
     #[inline]
     pub fn get(&self, key: &str) -> Option<&V> {
@@ -70,22 +81,15 @@ impl<V: Clone> ShardedMap<V> {
 
     pub fn insert(&mut self, key: Arc<str>, value: V) -> Option<V> {
         let h = hash(&key);
-        let entry = self
-            .shard_mut(h)
-            .entry(h, |(k, _)| *k == key, |(k, _)| hash(k));
-        match entry {
-            Entry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, value)),
-            Entry::Vacant(v) => {
-                v.insert((key, value));
-                None
-            }
-        }
+        put(self.shard_mut(h), h, key, value)
     }
 
     pub fn remove(&mut self, key: &str) -> Option<V> {
-        // Not here: leave a shared shard shared.
-        self.get(key)?;
         let h = hash(key);
+        // Not here: leave a shared shard shared.
+        self.shards
+            .get(shard_of(h))?
+            .find(h, |(k, _)| **k == *key)?;
         let found = self.shard_mut(h).find_entry(h, |(k, _)| **k == *key);
         found.ok().map(|o| o.remove().0 .1)
     }
@@ -133,13 +137,11 @@ impl<V: Clone> FromIterator<(Arc<str>, V)> for ShardedMap<V> {
     /// Each shard sized once for its entries (a full compile builds 10k).
     fn from_iter<T: IntoIterator<Item = (Arc<str>, V)>>(iter: T) -> Self {
         let mut parts: Vec<Vec<(u64, Arc<str>, V)>> = (0..SHARDS).map(|_| Vec::new()).collect();
-        let mut any = false;
         for (k, v) in iter {
             let h = hash(&k);
             parts[shard_of(h)].push((h, k, v));
-            any = true;
         }
-        if !any {
+        if parts.iter().all(Vec::is_empty) {
             return ShardedMap::default();
         }
         let shards = parts
@@ -147,12 +149,7 @@ impl<V: Clone> FromIterator<(Arc<str>, V)> for ShardedMap<V> {
             .map(|part| {
                 let mut t = HashTable::with_capacity(part.len());
                 for (h, k, v) in part {
-                    match t.entry(h, |(e, _): &(Arc<str>, V)| *e == k, |(e, _)| hash(e)) {
-                        Entry::Occupied(mut o) => o.get_mut().1 = v,
-                        Entry::Vacant(e) => {
-                            e.insert((k, v));
-                        }
-                    }
+                    put(&mut t, h, k, v);
                 }
                 Arc::new(t)
             })
