@@ -25,11 +25,12 @@ where
 
     inner: ConnectionInner<P, B>,
 
-    /// Waiting turns in a row with no streams (gatehouse patch): the second
-    /// frees the codec's empty buffers. A client sending one request after
-    /// another waits once between them and keeps its buffers; an idle
-    /// connection is polled again by its owner's timer or a PING.
-    idle_waits: u8,
+    /// The last wait had no streams (gatehouse patch): a second such wait
+    /// in a row frees the codec's empty buffers. A client sending one
+    /// request after another waits once between them and keeps its
+    /// buffers; an idle connection is polled again by its owner's timer or
+    /// a PING.
+    waited_idle: bool,
 }
 
 // Extracted part of `Connection` which does not depend on `T`. Reduces the amount of duplicated
@@ -165,7 +166,7 @@ where
         span.follows_from(tracing::Span::current());
         Connection {
             codec,
-            idle_waits: 0,
+            waited_idle: false,
             inner: ConnectionInner {
                 state: State::Open,
                 error: None,
@@ -343,11 +344,11 @@ where
                             // flushed; on the second wait in a row with no
                             // streams, keep no buffers.
                             if self.inner.streams.has_streams() {
-                                self.idle_waits = 0;
-                            } else if self.idle_waits == 0 {
-                                self.idle_waits = 1;
-                            } else {
+                                self.waited_idle = false;
+                            } else if self.waited_idle {
                                 self.codec.release_idle_buffers();
+                            } else {
+                                self.waited_idle = true;
                             }
 
                             return Poll::Pending;
