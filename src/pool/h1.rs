@@ -89,9 +89,19 @@ pub(crate) fn closed(stream: &TcpStream) -> bool {
     !matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
+/// Header lines a request's head carries after those in its map, written
+/// straight into the head (the router's forwarded headers: rendering them
+/// costs less than hashing them into the map and out again).
+pub trait ExtraHead: std::fmt::Debug + Sync {
+    /// At least the bytes `write` appends.
+    fn size_hint(&self) -> usize;
+    /// Append whole `name: value\r\n` lines.
+    fn write(&self, out: &mut Vec<u8>);
+}
+
 /// The request head, as HTTP/1.1 sends it (origin-form target, headers in
-/// map order, names lowercase as stored).
-pub(crate) fn encode_head<B>(req: &Request<B>) -> Vec<u8> {
+/// map order, names lowercase as stored, then `extra`'s lines).
+pub(crate) fn encode_head<B>(req: &Request<B>, extra: Option<&dyn ExtraHead>) -> Vec<u8> {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let method = req.method().as_str();
     let len = method.len()
@@ -102,6 +112,7 @@ pub(crate) fn encode_head<B>(req: &Request<B>) -> Vec<u8> {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum::<usize>()
+        + extra.map_or(0, |e| e.size_hint())
         + 2;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(method.as_bytes());
@@ -113,6 +124,9 @@ pub(crate) fn encode_head<B>(req: &Request<B>) -> Vec<u8> {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(e) = extra {
+        e.write(&mut out);
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -133,8 +147,9 @@ pub(crate) async fn exchange(
     reused: bool,
     endpoint: &Endpoint,
     back: Back,
+    extra: Option<&dyn ExtraHead>,
 ) -> Result<Response<RawBody>, ExchangeError> {
-    let head = encode_head(&req);
+    let head = encode_head(&req, extra);
     // `unsent`: nothing was written; else the request goes back as `sent`
     // (its body dropped), for the handler to send again if it may.
     let err = |e: H1Error, req: Request<RequestBody>, unsent: bool| {
@@ -280,8 +295,9 @@ fn parse_head(
                 .ok_or_else(|| H1Error::Parse("invalid header name".into()))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
                 .map_err(|_| H1Error::Parse("invalid header value".into()))?;
-            seen.note(&name, value.as_bytes());
-            map.append(name, value);
+            if seen.note(&name, value.as_bytes()) {
+                map.append(name, value);
+            }
         }
         let (framing, keep_alive) = framing(&seen, &mut map, status, version, head_only)?;
         let mut parts = Response::new(()).into_parts().0;
@@ -336,13 +352,22 @@ struct Seen {
 }
 
 impl Seen {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Note what the header says; `false` when it has no business beyond
+    /// this hop and nothing else to say: a `Connection` of only `close` and
+    /// `keep-alive` (the one hop-by-hop header most upstreams send, left
+    /// out of the map instead of hashed in and removed again).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         if name == http::header::CONNECTION {
+            let mut names_others = false;
             for t in value.split(|&b| b == b',') {
                 let t = t.trim_ascii();
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep |= t.eq_ignore_ascii_case(b"keep-alive");
+                let close = t.eq_ignore_ascii_case(b"close");
+                let keep = t.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep |= keep;
+                names_others |= !(close || keep || t.is_empty());
             }
+            return names_others;
         } else if name == http::header::TRANSFER_ENCODING {
             // The last header's last coding decides.
             self.coded = true;
@@ -366,6 +391,7 @@ impl Seen {
                 }
             }
         }
+        true
     }
 }
 
@@ -904,6 +930,33 @@ mod tests {
         )
         .unwrap();
         assert!(!k, "close wins");
+        // `Connection` of only close / keep-alive never reaches the map;
+        // one that names a header stays, for the handler to strip both.
+        let (p, _, k) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, ,\r\nX-A: b\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(k);
+        assert!(!p.headers.contains_key("connection"), "{:?}", p.headers);
+        assert_eq!(p.headers["x-a"], "b");
+        let (p, _, k) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-a\r\nX-A: b\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(k);
+        assert_eq!(p.headers["connection"], "keep-alive, x-a");
+        let (f, k) = head(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .map(|(p, f, k)| {
+            assert!(!p.headers.contains_key("connection"));
+            (f, k)
+        })
+        .unwrap();
+        assert_eq!((f, k), (Framing::Length(1), false));
         let (_, f, k) = head(
             b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
             false,
@@ -935,8 +988,22 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode_head(&req),
+            encode_head(&req, None),
             b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+        #[derive(Debug)]
+        struct Via;
+        impl ExtraHead for Via {
+            fn size_hint(&self) -> usize {
+                12
+            }
+            fn write(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(b"via: 1.1 g\r\n");
+            }
+        }
+        assert_eq!(
+            encode_head(&req, Some(&Via)),
+            b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\nvia: 1.1 g\r\n\r\n"
         );
     }
 }

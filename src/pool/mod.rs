@@ -11,7 +11,7 @@ pub mod fxhash;
 mod h1;
 
 pub use body::{ClientTimedOut, RequestBody, StallTimer, UpstreamBody};
-pub use h1::{decode_response, H1Error, RawBody};
+pub use h1::{decode_response, ExtraHead, H1Error, RawBody};
 
 use crate::io::Flat;
 use crate::table::{Endpoint, UpstreamProtocol, UpstreamTls};
@@ -435,12 +435,16 @@ impl Upstreams {
     /// kept the request, the connection and the retry's connect in its
     /// state, and an `async` block a second copy of hyper's future: 1.9
     /// and 1.1 KB, copied into every request's future.)
+    ///
+    /// `extra`: header lines this crate's client writes after the map's;
+    /// the caller puts them in the map instead for any other connection.
     pub fn send<'a>(
         &'a self,
         endpoint: &'a Endpoint,
         conn: Conn,
         req: Request<RequestBody>,
         via: &'a Via<'a>,
+        extra: Option<&'a dyn ExtraHead>,
     ) -> Sending<
         'a,
         impl Future<Output = H2Sent> + Send,
@@ -458,6 +462,7 @@ impl Upstreams {
                         pool: self.inner.clone(),
                         key: conn.key,
                     },
+                    extra,
                 ),
             },
             ConnKind::H2(mut s) => Sending::H2 {
@@ -502,7 +507,8 @@ impl Upstreams {
                     .map_err(|c| {
                         ExchangeError::new(endpoint, hyper_error_from(e.into_error(), c), false)
                     })?;
-                self.send(endpoint, fresh, req, via).await
+                // Through hyper's client before: the map has every header.
+                self.send(endpoint, fresh, req, via, None).await
             }
             (reused, unsent) => {
                 let mut err = ExchangeError::new(endpoint, e.into_error(), reused);

@@ -3,13 +3,13 @@
 //! to 502/503/504, tunnel upgrades.
 
 use super::body::ProxyBody;
-use super::headers::{set_forwarded, strip_hop_by_hop, ClientSide};
+use super::headers::{is_forwarded_name, set_forwarded, strip_hop_by_hop, ClientSide};
 use super::local;
 use super::{ConnInfo, Proxy};
 use crate::balance::{self, Pick};
 use crate::model::admission::{InsecurePolicy, Termination};
 use crate::pool::RequestBody;
-use crate::table::{Endpoint, RouteEntry, UpstreamProtocol};
+use crate::table::{Endpoint, ForwardedPolicy, RouteEntry, UpstreamProtocol};
 use crate::telemetry::access_log::LogLine;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -57,10 +57,12 @@ pub fn handle(proxy: &Proxy, conn: &ConnInfo, mut req: Request<Incoming>) -> Han
             "request target too long",
         ));
     }
-    // Room, once, for what the router adds (request id, forwarded headers,
-    // client-certificate facts): hyper sizes the map for the parsed
-    // headers, and growing it re-hashes every entry.
-    let _ = req.headers_mut().try_reserve(8);
+    // Room, once, for the request id and a `host` an HTTP/2 request lacks:
+    // growing the map re-hashes every entry. (On a kept-alive HTTP/1.1
+    // connection hyper parses into the last response's map, emptied,
+    // which has room for these: 8 here grew it on every request, 650
+    // instructions. `prepare` makes room for what else it adds.)
+    let _ = req.headers_mut().try_reserve(2);
     // Every request carries an id end to end: the client's, or a new one.
     // (One hash of the name: the entry, not a lookup and then an insert.)
     if let http::header::Entry::Vacant(v) = req.headers_mut().entry(&X_REQUEST_ID) {
@@ -191,6 +193,9 @@ pub struct Exchange {
     had_cookie: bool,
     upgrade: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The forwarded headers are still to be added to `up` (it carried
+    /// none; see `prepare`).
+    forwarded_later: bool,
 }
 
 /// The route's policy for this request: termination, allowlist, rate
@@ -320,14 +325,31 @@ fn prepare(
             headers.insert(header::COOKIE, v);
         }
     }
+    // One pass over the names for the two families handled below.
+    let (ssl_named, forwarded_named) = headers.keys().fold((false, false), |(s, f), n| {
+        (
+            s || n.as_str().starts_with("x-ssl-client-"),
+            f || is_forwarded_name(n),
+        )
+    });
+    // A request that carries no forwarded header gets the same ones under
+    // every policy but `Never`; they are added when its connection is
+    // known: written straight into the head by this crate's HTTP/1.1
+    // client, put in the map for any other (`Exchange::forward`).
+    let forwarded_later = route.settings.forwarded != ForwardedPolicy::Never && !forwarded_named;
+    let _ = headers.try_reserve(
+        if conn.tls { 2 } else { 0 }
+            + if forwarded_later || route.settings.forwarded == ForwardedPolicy::Never {
+                0
+            } else {
+                5
+            },
+    );
     // Client-certificate facts come from our handshake only, never from the
     // client's own headers.
     // (Looked up only when a name of that shape is present: two hashed
     // removals per request otherwise.)
-    if headers
-        .keys()
-        .any(|n| n.as_str().starts_with("x-ssl-client-"))
-    {
+    if ssl_named {
         headers.remove(&X_SSL_CLIENT_DN);
         headers.remove(&X_SSL_CLIENT_VERIFY);
     }
@@ -348,18 +370,13 @@ fn prepare(
             }
         }
     }
-    set_forwarded(
-        headers,
-        route.settings.forwarded,
-        &ClientSide {
-            ip: conn.peer.ip(),
-            ip_value: &conn.ip_value,
-            port_value: &conn.port_value,
-            proto: if conn.tls { "https" } else { "http" },
-            host,
-            host_value: &host_value,
-        },
-    );
+    if !forwarded_later {
+        set_forwarded(
+            headers,
+            route.settings.forwarded,
+            &client_side(conn, host, &host_value),
+        );
+    }
 
     let pq = match &route.settings.rewrite_target {
         Some(target) => rewrite(&route.path, target, &parts.uri),
@@ -384,6 +401,23 @@ fn prepare(
         upgrade,
         client_upgrade,
         route,
+        host_value,
+        forwarded_later,
+    }
+}
+
+/// The client's side of `conn`, for the forwarded headers.
+fn client_side<'a>(
+    conn: &'a ConnInfo,
+    host: &'a str,
+    host_value: &'a HeaderValue,
+) -> ClientSide<'a> {
+    ClientSide {
+        ip: conn.peer.ip(),
+        ip_value: &conn.ip_value,
+        port_value: &conn.port_value,
+        proto: if conn.tls { "https" } else { "http" },
+        host,
         host_value,
     }
 }
@@ -562,6 +596,7 @@ impl Exchange {
         let sent_at = std::time::Instant::now();
         trace.connect = Some(sent_at.saturating_duration_since(connect_started));
         let deadline = tokio::time::Instant::from_std(sent_at) + route.settings.timeout;
+        let client = client_side(conn, host, &self.host_value);
         let (mut endpoint, mut chosen, mut upstream) = (endpoint, chosen, upstream);
         let mut pending = Some(pending);
         let _ = protocol;
@@ -578,6 +613,13 @@ impl Exchange {
         let sent = loop {
             let member = chosen.member(&route.backends);
             let guard = pending.take().unwrap_or_else(|| member.live.begin());
+            if self.forwarded_later && !upstream.is_raw() {
+                set_forwarded(self.up.headers_mut(), route.settings.forwarded, &client);
+                self.forwarded_later = false;
+            }
+            let extra = self
+                .forwarded_later
+                .then_some(&client as &dyn crate::pool::ExtraHead);
             if replayable && replay.is_none() && !upstream.is_raw() {
                 replay = Some(copy_head(&self.up, ()));
             }
@@ -593,7 +635,8 @@ impl Exchange {
                         &endpoint,
                         upstream,
                         take(&mut self.up),
-                        &via
+                        &via,
+                        extra,
                     ));
                     tokio::time::timeout_at(deadline, sending).await
                 };

@@ -178,6 +178,14 @@ fn forwarded(prev: Option<&HeaderValue>, c: &ClientSide<'_>) -> Option<HeaderVal
         e.extend_from_slice(p.as_bytes());
         e.extend_from_slice(b", ");
     }
+    forwarded_element(&mut e, c);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(e)).ok()
+}
+
+/// `for=1.2.3.4;host=example.com;proto=http`: visible ASCII only (the
+/// address and port are header values already, the host is quoted and
+/// stripped of quotes and backslashes when it is no token).
+fn forwarded_element(e: &mut Vec<u8>, c: &ClientSide<'_>) {
     match c.ip {
         IpAddr::V4(_) => {
             e.extend_from_slice(b"for=");
@@ -192,7 +200,7 @@ fn forwarded(prev: Option<&HeaderValue>, c: &ClientSide<'_>) -> Option<HeaderVal
     e.extend_from_slice(b";host=");
     if c.host
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        .all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.'))
     {
         e.extend_from_slice(c.host.as_bytes());
     } else {
@@ -202,7 +210,43 @@ fn forwarded(prev: Option<&HeaderValue>, c: &ClientSide<'_>) -> Option<HeaderVal
     }
     e.extend_from_slice(b";proto=");
     e.extend_from_slice(c.proto.as_bytes());
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(e)).ok()
+}
+
+/// Whether a header of this name is one `set_forwarded` reads or sets
+/// (`x-forwarded-*` by prefix: a stray one only costs the map path).
+pub fn is_forwarded_name(n: &HeaderName) -> bool {
+    let n = n.as_str();
+    n.starts_with("x-forwarded-") || n == "forwarded"
+}
+
+/// The forwarded headers of a request that carried none, written straight
+/// into an HTTP/1.1 head: what [`set_forwarded`] puts in the map under any
+/// policy but `Never` when none is present, in the same order, without
+/// hashing five names into the map, growing it, and building the
+/// `Forwarded` value in a buffer of its own (callgrind: ~2,400
+/// instructions per request through the map).
+impl crate::pool::ExtraHead for ClientSide<'_> {
+    fn size_hint(&self) -> usize {
+        // The names, separators and line ends (105), the values, and room
+        // for the `Forwarded` element's own quoting.
+        120 + 2 * (self.ip_value.len() + self.host_value.len())
+            + self.port_value.len()
+            + 2 * self.proto.len()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(self.ip_value.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-host: ");
+        out.extend_from_slice(self.host_value.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-port: ");
+        out.extend_from_slice(self.port_value.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\nforwarded: ");
+        forwarded_element(out, self);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 #[cfg(test)]
@@ -351,5 +395,71 @@ mod tests {
             forwarded(None, &c).unwrap(),
             "for=192.0.2.7;host=\"abc\";proto=http"
         );
+    }
+
+    /// The lines written straight into an HTTP/1.1 head are the ones the
+    /// map gets, in the map's order, for a request that carried none, under
+    /// every policy that sets them.
+    #[test]
+    fn written_forwarded_lines_match_the_map() {
+        use crate::pool::ExtraHead;
+        let port = HeaderValue::from_static("8443");
+        let v4 = HeaderValue::from_static("192.0.2.7");
+        let v6 = HeaderValue::from_static("2001:db8::1");
+        let hosts = ["www.example.com", "www.example.com:8443", "a\"b\\c", ""];
+        for (ip, ipv) in [("192.0.2.7", &v4), ("2001:db8::1", &v6)] {
+            for host in hosts {
+                let host_value = HeaderValue::from_str(host).unwrap();
+                for proto in ["http", "https"] {
+                    let c = ClientSide {
+                        ip: ip.parse().unwrap(),
+                        ip_value: ipv,
+                        port_value: &port,
+                        proto,
+                        host,
+                        host_value: &host_value,
+                    };
+                    let mut written = Vec::new();
+                    c.write(&mut written);
+                    assert!(written.len() <= c.size_hint(), "{host:?}");
+                    for policy in [
+                        ForwardedPolicy::Append,
+                        ForwardedPolicy::Replace,
+                        ForwardedPolicy::IfNone,
+                    ] {
+                        let mut h = hm(&[("host", host), ("accept", "*/*")]);
+                        let before = h.len();
+                        set_forwarded(&mut h, policy, &c);
+                        let mut lines = Vec::new();
+                        for (n, v) in h.iter().skip(before) {
+                            lines.extend_from_slice(n.as_str().as_bytes());
+                            lines.extend_from_slice(b": ");
+                            lines.extend_from_slice(v.as_bytes());
+                            lines.extend_from_slice(b"\r\n");
+                        }
+                        assert_eq!(
+                            String::from_utf8_lossy(&written),
+                            String::from_utf8_lossy(&lines),
+                            "{policy:?} {host:?} {ip}"
+                        );
+                    }
+                }
+            }
+        }
+        let names = [
+            "x-forwarded-for",
+            "X-Forwarded-Port",
+            "forwarded",
+            "x-forwarded-client",
+        ];
+        for n in names {
+            assert!(
+                is_forwarded_name(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+        for n in ["forwarded-for", "x-forwarded", "host"] {
+            assert!(!is_forwarded_name(&HeaderName::from_static(n)), "{n}");
+        }
     }
 }

@@ -246,6 +246,49 @@ async fn forwarded_headers_follow_the_route_annotation() {
     assert_eq!(never.echoed("x-forwarded-for"), Some("203.0.113.9"));
     assert_eq!(never.echoed("x-forwarded-host"), None);
     assert_eq!(never.echoed("forwarded"), None);
+
+    // A request with none of them gets each once under every policy but
+    // `never`: a GET goes through the router's own HTTP/1.1 client (the
+    // headers written into the head), a POST with a body through hyper's
+    // (the headers in the map).
+    let c = client();
+    for host in [
+        "append.example.com",
+        "replace.example.com",
+        "if-none.example.com",
+        "default.example.com",
+        "never.example.com",
+    ] {
+        let never = host.starts_with("never");
+        let post = http::Request::post(format!("http://{}/", r.http))
+            .header("host", host)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"a body",
+            )))
+            .unwrap();
+        for a in [get(r.http, host, "/", &[]).await, send(&c, post).await] {
+            assert_eq!(a.status, StatusCode::OK, "{host}: {}", a.body);
+            let expected = [
+                ("x-forwarded-for", "127.0.0.1".to_string()),
+                ("x-forwarded-host", host.to_string()),
+                ("x-forwarded-port", port.clone()),
+                ("x-forwarded-proto", "http".to_string()),
+                ("forwarded", format!("for=127.0.0.1;host={host};proto=http")),
+            ];
+            for (name, value) in expected {
+                let lines: Vec<&str> = a
+                    .body
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .collect();
+                if never {
+                    assert!(lines.is_empty(), "{host} {name}: {lines:?}");
+                } else {
+                    assert_eq!(lines, [value.as_str()], "{host} {name}:\n{}", a.body);
+                }
+            }
+        }
+    }
     r.stop().await;
 }
 
