@@ -181,7 +181,13 @@ pub(crate) async fn exchange(
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     let mut interim = 0;
     let (parts, framing, keep_alive) = loop {
-        let failed = match parse_head(&mut buf, head_only, &mut interim) {
+        // (Nothing read yet on the first turn: no parse of an empty buffer.)
+        let parsed = if buf.is_empty() {
+            Ok(None)
+        } else {
+            parse_head(&mut buf, head_only, &mut interim)
+        };
+        let failed = match parsed {
             Ok(Some(head)) => break head,
             Ok(None) if buf.len() >= MAX_HEAD => H1Error::HeadTooLarge,
             Ok(None) => {
