@@ -54,8 +54,34 @@ impl Drain {
 
 impl DrainWatch {
     /// Resolves once the drain has begun (or its listener is gone).
+    ///
+    /// Polled on every wake of its connection's task, next to the
+    /// connection itself. The watch's own wait takes its waiter lock on
+    /// every poll (~400 instructions per request); here it is polled again
+    /// only when the channel's version moved (one atomic load, through a
+    /// second receiver) or the task's waker is not the one it holds.
     async fn begun(&mut self) {
-        let _ = self.0.wait_for(|d| *d).await;
+        let mut probe = self.0.clone();
+        let mut wait = std::pin::pin!(self.0.wait_for(|d| *d));
+        let mut waiting: Option<std::task::Waker> = None;
+        std::future::poll_fn(|cx| {
+            if let Some(w) = &waiting {
+                if w.will_wake(cx.waker()) && matches!(probe.has_changed(), Ok(false)) {
+                    return std::task::Poll::Pending;
+                }
+            }
+            // Marked before the wait looks at the value: a change from
+            // here on shows in the probe (one made earlier, the wait sees).
+            probe.mark_unchanged();
+            match std::future::Future::poll(wait.as_mut(), cx) {
+                std::task::Poll::Ready(_) => std::task::Poll::Ready(()),
+                std::task::Poll::Pending => {
+                    waiting = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
     }
 }
 

@@ -292,6 +292,55 @@ async fn forwarded_headers_follow_the_route_annotation() {
     r.stop().await;
 }
 
+/// A drain (shutdown, a rolling restart's old process) closes idle
+/// keep-alive connections at once, whether hyper still holds them or they
+/// are parked (idle past a second), instead of waiting for the drain
+/// deadline (30 s here).
+#[tokio::test]
+async fn a_drain_closes_idle_keep_alive_connections_at_once() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("dr").await;
+    let text = format!(
+        "{}{}",
+        service("default", "dr", &[up.port()]),
+        simple_route("default", "dr", "dr.example.com", "", "dr")
+    );
+    let r = TestRouter::start(&[("dr.yaml", &text)]).await;
+    // One request each, answered, then the connection left open.
+    async fn answered(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: dr.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("name=dr") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s
+    }
+    let mut parked = answered(r.http).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut held = answered(r.http).await;
+    let started = std::time::Instant::now();
+    let stop = tokio::spawn(r.stop());
+    for (name, s) in [("held", &mut held), ("parked", &mut parked)] {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the {name} idle connection stayed open"));
+        assert!(matches!(n, Ok(0) | Err(_)), "{name}: {n:?}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("the drain ended early")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_do_not_reach_the_upstream() {
     let up = Upstream::start("h").await;
