@@ -336,15 +336,11 @@ fn prepare(
     // every policy but `Never`; they are added when its connection is
     // known: written straight into the head by this crate's HTTP/1.1
     // client, put in the map for any other (`Exchange::forward`).
-    let forwarded_later = route.settings.forwarded != ForwardedPolicy::Never && !forwarded_named;
-    let _ = headers.try_reserve(
-        if conn.tls { 2 } else { 0 }
-            + if forwarded_later || route.settings.forwarded == ForwardedPolicy::Never {
-                0
-            } else {
-                5
-            },
-    );
+    // One that carries one gets them here, as its policy says.
+    let policy = route.settings.forwarded;
+    let forwarded_later = policy != ForwardedPolicy::Never && !forwarded_named;
+    let forwarded_now = policy != ForwardedPolicy::Never && forwarded_named;
+    let _ = headers.try_reserve(if conn.tls { 2 } else { 0 } + if forwarded_now { 5 } else { 0 });
     // Client-certificate facts come from our handshake only, never from the
     // client's own headers.
     // (Looked up only when a name of that shape is present: two hashed
@@ -370,12 +366,8 @@ fn prepare(
             }
         }
     }
-    if !forwarded_later {
-        set_forwarded(
-            headers,
-            route.settings.forwarded,
-            &client_side(conn, host, &host_value),
-        );
+    if forwarded_now {
+        set_forwarded(headers, policy, &client_side(conn, host, &host_value));
     }
 
     let pq = match &route.settings.rewrite_target {
