@@ -120,6 +120,14 @@
 # load side was the bottleneck and the req/s are not the proxy's limit.
 # "cpu us/req" is proxy CPU time per request (per handshake in tls-handshake):
 # the comparable figure when the load side, not the proxy, is saturated.
+# "load us/req" is LOAD_CPU's busy time per request in the same run (wrk +
+# nginx + the loopback work their sends do): 1e6 / it is the req/s the load
+# side could reach at 100 %, the ceiling that round had. It is higher with a
+# proxy in between than without one ("direct"): every request then wakes a
+# process on the other CPU twice. In the ratio table, "load cap" is, per
+# round, that ceiling for gatehouse over HAProxy's req/s: the highest
+# throughput ratio the load side let the round show. A throughput ratio at
+# its load cap ("*") was set by the load side, not by the proxies.
 # "upstream conns" is how many connections nginx accepted during the run:
 # about 0 once warm, unless a proxy stops reusing its upstream connections.
 
@@ -950,24 +958,27 @@ total() { # column name, scenario, proxy
         NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
         $1 == s && $3 == p { t += $c } END { print t + 0 }' "$CSV"
 }
+load_us() { # scenario, proxy: median over rounds of LOAD_CPU busy us per request
+    awk -F, -v s="$1" -v p="$2" 'NR > 1 && $1 == s && $3 == p && $4 > 0 { printf "%.2f\n", $7 * 1e4 / $4 }' "$CSV" | med
+}
 med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 {
     for s in "${LOAD_SCEN[@]}"; do
         echo
         echo "[$s] $(scenario_title "$s")"
-        printf '%-10s %14s %14s %12s %11s %12s %8s %10s' proxy "median req/s" "median p99 us" "proxy cpu %" "cpu us/req" "load cpu %" errors "upstr conn"
+        printf '%-10s %14s %14s %12s %11s %12s %11s %8s %10s' proxy "median req/s" "median p99 us" "proxy cpu %" "cpu us/req" "load cpu %" "load us/req" errors "upstr conn"
         is_tls_scenario "$s" && printf ' %18s\n' "handshakes f/r" || echo
         for p in "${ORDER[@]}"; do
             errs=$(awk -F, -v s="$s" -v p="$p" '$1 == s && $3 == p { e += $9 + $10 } END { print e + 0 }' "$CSV")
-            printf '%-10s %14s %14s %12s %11s %12s %8s %10s' "$p" "$(median req_per_s "$s" "$p")" "$(median p99_us "$s" "$p")" \
+            printf '%-10s %14s %14s %12s %11s %12s %11s %8s %10s' "$p" "$(median req_per_s "$s" "$p")" "$(median p99_us "$s" "$p")" \
                 "$(median proxy_cpu_pct "$s" "$p")" "$(median proxy_cpu_us_per_req "$s" "$p")" "$(median load_cpu_pct "$s" "$p")" \
-                "$errs" "$(total upstream_conns "$s" "$p")"
+                "$(load_us "$s" "$p")" "$errs" "$(total upstream_conns "$s" "$p")"
             is_tls_scenario "$s" && printf ' %18s\n' "$(total tls_full "$s" "$p")/$(total tls_resumed "$s" "$p")" || echo
         done
         if [ "$BASELINE" = 1 ] && [ "$s" = h1 ]; then
             ceiling=$(median req_per_s "$s" direct)
-            printf '%-10s %14s %14s %12s %11s %12s %8s %10s   (no proxy: the load-side ceiling)\n' \
-                direct "$ceiling" "$(median p99_us "$s" direct)" "-" "-" "$(median load_cpu_pct "$s" direct)" \
+            printf '%-10s %14s %14s %12s %11s %12s %11s %8s %10s   (no proxy: the load side alone)\n' \
+                direct "$ceiling" "$(median p99_us "$s" direct)" "-" "-" "$(median load_cpu_pct "$s" direct)" "$(load_us "$s" direct)" \
                 "$(awk -F, -v s="$s" '$1 == s && $3 == "direct" { e += $9 + $10 } END { print e + 0 }' "$CSV")" \
                 "$(total upstream_conns "$s" direct)"
             for p in "${ORDER[@]}"; do
@@ -1022,16 +1033,21 @@ med() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (N
     done
     if want gatehouse && want haproxy; then
         echo
-        echo "gatehouse/haproxy, medians of per-round ratios (throughput: higher is better; p99 and cpu/req: lower is better)"
-        printf '%-14s %10s %8s %8s %8s\n' scenario throughput p99 cpu/req errors
+        echo "gatehouse/haproxy, medians of per-round ratios (throughput: higher is better; p99 and cpu/req: lower is better;"
+        echo "load cap: the throughput ratio the load side allowed, see the top of run.sh; * = throughput within 3 % of it)"
+        printf '%-14s %10s %8s %8s %8s %9s\n' scenario throughput p99 cpu/req errors "load cap"
         for s in "${LOAD_SCEN[@]}"; do
-            awk -F, -v s="$s" 'NR > 1 && $1 == s { v[$2, $3] = $4; l[$2, $3] = $5; c[$2, $3] = $15; e += ($3 == "gatehouse") * ($9 + $10); if ($2 > n) n = $2 }
+            awk -F, -v s="$s" 'NR > 1 && $1 == s { v[$2, $3] = $4; l[$2, $3] = $5; c[$2, $3] = $15; u[$2, $3] = $7; e += ($3 == "gatehouse") * ($9 + $10); if ($2 > n) n = $2 }
                 END {
                     k = 0
                     for (r = 1; r <= n; r++) if (v[r, "haproxy"] > 0 && l[r, "haproxy"] > 0 && c[r, "haproxy"] > 0) {
-                        k++; t[k] = v[r, "gatehouse"] / v[r, "haproxy"]; p[k] = l[r, "gatehouse"] / l[r, "haproxy"]; q[k] = c[r, "gatehouse"] / c[r, "haproxy"] }
-                    if (k == 0) printf "%-14s %10s %8s %8s %8d\n", s, "-", "-", "-", e
-                    else printf "%-14s %10.3f %8.3f %8.3f %8d\n", s, med(t, k), med(p, k), med(q, k), e
+                        k++; t[k] = v[r, "gatehouse"] / v[r, "haproxy"]; p[k] = l[r, "gatehouse"] / l[r, "haproxy"]; q[k] = c[r, "gatehouse"] / c[r, "haproxy"]
+                        m[k] = u[r, "gatehouse"] > 0 ? (100 / u[r, "gatehouse"]) * t[k] : 0 }
+                    if (k == 0) printf "%-14s %10s %8s %8s %8d %9s\n", s, "-", "-", "-", e, "-"
+                    else {
+                        tt = med(t, k); mm = med(m, k)
+                        printf "%-14s %10.3f %8.3f %8.3f %8d %8.3f%s\n", s, tt, med(p, k), med(q, k), e, mm, (mm > 0 && tt >= 0.97 * mm) ? "*" : " "
+                    }
                 }
                 function med(a, k,   i, j, x) {
                     for (i = 2; i <= k; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
