@@ -70,10 +70,11 @@ enum Mode {
 
 /// The client stream with its deadlines.
 ///
-/// One timer, reset once per request: entering `Idle` arms it at the
-/// header timeout (the earliest a following `Head` can need), and the
-/// logical deadline (`deadline`) is checked when it fires; an idle
-/// connection re-arms it once for the rest of the keep-alive time.
+/// One timer, never later than what is due: entering `Idle` arms it at the
+/// header timeout (the earliest a following `Head` can need) unless it is
+/// already armed earlier, and the logical deadline (`deadline`) is checked
+/// when it fires; a timer that fires early is re-armed for what is due
+/// then (an idle connection: once, for the rest of the keep-alive time).
 pub struct ClientIo<I> {
     io: I,
     info: Arc<ConnInfo>,
@@ -236,7 +237,15 @@ impl<I> ClientIo<I> {
                     first = first.min(self.deadlines.park);
                     self.park_at = Some(now + self.deadlines.park);
                 }
-                self.timer.as_mut().reset(now + first);
+                // A timer still armed no later than this stays as it is: it
+                // fires early and `fired` re-arms it for what is due then.
+                // On a busy keep-alive connection that is one re-arm per
+                // `first`, not a reset (the timer wheel's lock, a removal
+                // and an insertion: ~230 instructions) per request.
+                let at = now + first;
+                if self.timer.is_elapsed() || self.timer.deadline() > at {
+                    self.timer.as_mut().reset(at);
+                }
             }
             Mode::Busy => {}
         }

@@ -583,6 +583,27 @@ async fn header_keep_alive_and_body_deadlines_are_separate() {
         idle >= Duration::from_millis(2700) && idle < Duration::from_secs(5),
         "closed after {idle:?} idle"
     );
+    // A busy spell longer than the header timeout (a request every 100 ms
+    // for 1.5 s), then idle: the keep-alive timeout runs from the last
+    // answer. (Between requests the timer is not reset when it is already
+    // armed earlier; it fires early and is re-armed.)
+    let mut s = TcpStream::connect(r.http).await.unwrap();
+    let mut last = std::time::Instant::now();
+    for _ in 0..15 {
+        s.write_all(get).await.unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "busy spell: {resp:?}");
+        last = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = closed_within(&mut s, Duration::from_secs(6))
+        .await
+        .expect("idle connection closed after its busy spell");
+    let idle = closed - last;
+    assert!(
+        idle >= Duration::from_millis(2700) && idle < Duration::from_secs(5),
+        "closed {idle:?} after the last answer"
+    );
     // A head started after an idle spell gets the header timeout from its
     // first byte, not what is left of the keep-alive one.
     let mut s = TcpStream::connect(r.http).await.unwrap();
