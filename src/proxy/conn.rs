@@ -157,6 +157,7 @@ pub(crate) async fn drive<I, S, F>(
         }
         io.unread(parts.read_buf);
         drop(parts.service);
+        io.info().route_timer.clear();
         PARKED.fetch_add(1, Relaxed);
         let next = tokio::select! {
             r = io.wait_next() => matches!(r, Ok(true)),

@@ -352,7 +352,7 @@ fn prepare(
     if conn.tls {
         match &conn.client_dn {
             Some(dn) => {
-                headers.insert(X_SSL_CLIENT_DN.clone(), dn.clone());
+                headers.insert(X_SSL_CLIENT_DN.clone(), HeaderValue::clone(dn));
                 headers.insert(
                     X_SSL_CLIENT_VERIFY.clone(),
                     HeaderValue::from_static("SUCCESS"),
@@ -630,7 +630,7 @@ impl Exchange {
                         &via,
                         extra,
                     ));
-                    tokio::time::timeout_at(deadline, sending).await
+                    super::deadline::within(&conn.route_timer, deadline, sending).await
                 };
                 match answer {
                     // Boxed: the recovery's state (the error, the unsent

@@ -207,6 +207,11 @@ impl<I> ClientIo<I> {
         Ok(n > 0)
     }
 
+    /// The connection's facts and shared state.
+    pub fn info(&self) -> &Arc<ConnInfo> {
+        &self.info
+    }
+
     /// Close a parked connection: the stream's shutdown, no longer
     /// swallowed.
     pub async fn close(&mut self)

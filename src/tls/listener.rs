@@ -177,7 +177,9 @@ async fn accept(
         .peer_certificates()
         .and_then(|c| c.first())
     {
-        info.client_dn = super::certs::subject(cert).and_then(|s| HeaderValue::try_from(s).ok());
+        info.client_dn = super::certs::subject(cert)
+            .and_then(|s| HeaderValue::try_from(s).ok())
+            .map(Box::new);
     }
     proxy::serve_conn(
         builder,
