@@ -3,7 +3,7 @@
 //! to 502/503/504, tunnel upgrades.
 
 use super::body::ProxyBody;
-use super::headers::{is_forwarded_name, set_forwarded, strip_hop_by_hop, ClientSide};
+use super::headers::{set_forwarded, strip_hop_by_hop, strip_hop_by_hop_named, ClientSide, Names};
 use super::local;
 use super::{ConnInfo, Proxy};
 use crate::balance::{self, Pick};
@@ -303,19 +303,25 @@ fn prepare(
         remove_cookie(req.headers_mut(), &c.name);
     }
 
-    let wants_upgrade =
-        req.version() <= http::Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
+    // One pass over the names for everything below that depends on which
+    // are present: hop-by-hop headers, cookies, client-certificate and
+    // forwarded names. (Three passes and two hashed lookups before.) Names
+    // the Connection header lists are removed after it: a forwarded or
+    // client-certificate header among them is then handled as if present,
+    // which puts the same headers in the map instead of the head.
+    let names = Names::of(req.headers());
+    let wants_upgrade = req.version() <= http::Version::HTTP_11 && names.upgrade();
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
-    let upgrade = strip_hop_by_hop(headers) && wants_upgrade;
+    let upgrade = strip_hop_by_hop_named(headers, &names) && wants_upgrade;
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     headers.insert(header::HOST, host_value.clone());
     // HTTP/2 clients send one cookie field per pair; HTTP/1.1 wants one
     // header (RFC 9113 §8.2.3).
-    if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+    if names.cookie && headers.get_all(header::COOKIE).iter().nth(1).is_some() {
         let joined: Vec<&str> = headers
             .get_all(header::COOKIE)
             .iter()
@@ -325,13 +331,7 @@ fn prepare(
             headers.insert(header::COOKIE, v);
         }
     }
-    // One pass over the names for the two families handled below.
-    let (ssl_named, forwarded_named) = headers.keys().fold((false, false), |(s, f), n| {
-        (
-            s || n.as_str().starts_with("x-ssl-client-"),
-            f || is_forwarded_name(n),
-        )
-    });
+    let (ssl_named, forwarded_named) = (names.ssl_client, names.forwarded);
     // A request that carries no forwarded header gets the same ones under
     // every policy but `Never`; they are added when its connection is
     // known: written straight into the head by this crate's HTTP/1.1
