@@ -77,7 +77,10 @@ pub fn handle(proxy: &Proxy, conn: &ConnInfo, mut req: Request<Incoming>) -> Han
             tracing::Span::current().record("id", id);
         }
     }
-    let host_value = match request_host(&req) {
+    // The Host fields, looked up once for the value and for a second one.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (host_field, second_host) = (hosts.next(), hosts.next().is_some());
+    let host_value = match request_host(&req, host_field) {
         Some(h) => h,
         None => {
             return Handled::Ready(local::close(StatusCode::BAD_REQUEST, "missing Host header"))
@@ -85,7 +88,7 @@ pub fn handle(proxy: &Proxy, conn: &ConnInfo, mut req: Request<Incoming>) -> Han
     };
     // Two Host fields are two answers to "which site?": refuse rather than
     // pick one the upstream may read differently (RFC 9112 §3.2).
-    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+    if second_host {
         return Handled::Ready(local::close(
             StatusCode::BAD_REQUEST,
             "more than one Host header",
@@ -162,15 +165,12 @@ impl Books {
     }
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<Incoming>, host_field: Option<&HeaderValue>) -> Option<HeaderValue> {
     // h2 (and absolute-form h1) carry the authority in the URI.
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).ok();
     }
-    req.headers()
-        .get(header::HOST)
-        .filter(|h| !h.is_empty())
-        .cloned()
+    host_field.filter(|h| !h.is_empty()).cloned()
 }
 
 /// Whether to log this request at `rate` (0..1).
