@@ -318,7 +318,12 @@ fn prepare(
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers.insert(header::HOST, host_value.clone());
+    // `host_value` is the URI's authority when there is one (HTTP/2,
+    // absolute-form); otherwise it is the one Host field, still in the map
+    // unless the Connection header named it.
+    if parts.uri.authority().is_some() || names.connection() {
+        headers.insert(header::HOST, host_value.clone());
+    }
     // HTTP/2 clients send one cookie field per pair; HTTP/1.1 wants one
     // header (RFC 9113 §8.2.3).
     if names.cookie && headers.get_all(header::COOKIE).iter().nth(1).is_some() {

@@ -51,6 +51,11 @@ impl Names {
     pub fn upgrade(&self) -> bool {
         self.hop & UPGRADE_BIT != 0
     }
+
+    /// A `Connection` header is present (the names it lists are removed).
+    pub fn connection(&self) -> bool {
+        self.hop & CONNECTION_BIT != 0
+    }
 }
 
 /// [`strip_hop_by_hop`] for a request whose names were already looked at
@@ -332,6 +337,7 @@ mod tests {
             n.upgrade() && n.cookie && n.ssl_client && n.forwarded,
             "{n:?}"
         );
+        assert!(!n.connection());
         assert!(Names::of(&hm(&[("x-forwarded-proto", "https")])).forwarded);
         assert!(!Names::of(&hm(&[("x-forwarded", "1"), ("x-ssl-client", "1")])).forwarded);
         // The same removal as looking at the names again.
@@ -341,6 +347,7 @@ mod tests {
             ("te", "gzip"),
         ]);
         let names = Names::of(&h);
+        assert!(names.connection());
         assert!(strip_hop_by_hop_named(&mut h, &names));
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("upgrade"));

@@ -949,3 +949,38 @@ async fn http_upstreams_get_the_client_address_in_proxy_v2() {
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
     r.stop().await;
 }
+
+/// The upstream gets exactly one Host in every request form: the client's
+/// field, the URI's authority (absolute form), and the field again when the
+/// Connection header lists it (the hop-by-hop removal must not leave the
+/// request without one).
+#[tokio::test]
+async fn the_upstream_gets_one_host_in_every_request_form() {
+    let up = Upstream::start("host").await;
+    let text = format!(
+        "{}{}",
+        service("default", "s", &[up.port()]),
+        simple_route("default", "web", "h.example.com", "", "s")
+    );
+    let r = TestRouter::start(&[("r.yaml", &text)]).await;
+    for (what, req) in [
+        (
+            "field",
+            "GET / HTTP/1.1\r\nHost: h.example.com\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "listed in Connection",
+            "GET / HTTP/1.1\r\nHost: h.example.com\r\nConnection: close, Host\r\n\r\n",
+        ),
+        (
+            "absolute form",
+            "GET http://h.example.com/ HTTP/1.1\r\nHost: h.example.com\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let resp = exchange(TcpStream::connect(r.http).await.unwrap(), req.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{what}: {resp}");
+        let hosts: Vec<&str> = resp.lines().filter(|l| l.starts_with("host: ")).collect();
+        assert_eq!(hosts, ["host: h.example.com"], "{what}: {resp}");
+    }
+    r.stop().await;
+}
