@@ -10,8 +10,9 @@
 //! busy connection, instead of twice per request.
 //!
 //! A connection's first request uses a timer of its own (a one-request
-//! connection then allocates none); HTTP/2 streams run at once: the first
-//! borrows the kept timer, the others (finding it lent) use their own.
+//! connection then allocates none), and so does a request that finds the
+//! timer lent. HTTP/2 streams (each its own task, at once) do not use the
+//! slot: a timer kept after a stream would hold that finished task.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,10 +82,16 @@ impl TimerSlot {
 #[derive(Debug, PartialEq, Eq)]
 pub struct TimedOut;
 
-/// `fut`, or [`TimedOut`] once `deadline` has passed.
-pub fn within<F: Future + Unpin>(slot: &TimerSlot, deadline: Instant, fut: F) -> Within<'_, F> {
-    match slot.lend(deadline) {
-        Some(timer) => Within::Lent {
+/// `fut`, or [`TimedOut`] once `deadline` has passed: under the slot's
+/// timer when there is a slot and its timer is free, else under one of its
+/// own.
+pub fn within<F: Future + Unpin>(
+    slot: Option<&TimerSlot>,
+    deadline: Instant,
+    fut: F,
+) -> Within<'_, F> {
+    match slot.and_then(|s| Some((s, s.lend(deadline)?))) {
+        Some((slot, timer)) => Within::Lent {
             lent: Lent {
                 slot,
                 timer: Some(timer),
@@ -182,7 +189,10 @@ mod tests {
     /// that never completes.
     async fn cut_after(slot: &TimerSlot, after: Duration) -> Duration {
         let start = Instant::now();
-        assert_eq!(within(slot, start + after, never()).await, Err(TimedOut));
+        assert_eq!(
+            within(Some(slot), start + after, never()).await,
+            Err(TimedOut)
+        );
         Instant::now() - start
     }
 
@@ -198,7 +208,7 @@ mod tests {
         // Completes at once: the timer goes back armed 30 s out.
         assert_eq!(
             within(
-                &slot,
+                Some(&slot),
                 Instant::now() + Duration::from_secs(30),
                 std::future::ready(7)
             )
@@ -220,7 +230,7 @@ mod tests {
         // with 5 s): it fires early and the request still gets its 5 s.
         assert_eq!(
             within(
-                &slot,
+                Some(&slot),
                 Instant::now() + Duration::from_secs(2),
                 std::future::ready(())
             )
@@ -245,12 +255,12 @@ mod tests {
     async fn requests_at_once_each_get_a_timer() {
         let slot = TimerSlot::default();
         assert_eq!(
-            within(&slot, Instant::now(), std::future::ready(())).await,
+            within(Some(&slot), Instant::now(), std::future::ready(())).await,
             Ok(())
         );
         let start = Instant::now();
-        let first = within(&slot, start + Duration::from_secs(3), never());
-        let second = within(&slot, start + Duration::from_secs(1), never());
+        let first = within(Some(&slot), start + Duration::from_secs(3), never());
+        let second = within(Some(&slot), start + Duration::from_secs(1), never());
         let (a, b) = tokio::join!(
             async {
                 let r = first.await;
@@ -272,12 +282,22 @@ mod tests {
         let slot = TimerSlot::default();
         let start = Instant::now();
         let r = within(
-            &slot,
+            Some(&slot),
             start + Duration::from_secs(2),
             Box::pin(tokio::time::sleep(Duration::from_millis(1500))),
         )
         .await;
         assert_eq!(r, Ok(()));
         assert_eq!(Instant::now() - start, Duration::from_millis(1500));
+        // Without a slot (HTTP/2): a timer of its own; the slot is not
+        // touched.
+        assert!(matches!(*slot.0.lock().unwrap(), Slot::Empty));
+        let start = Instant::now();
+        let r = within(None, start + Duration::from_secs(1), never()).await;
+        assert_eq!(
+            (r, Instant::now() - start),
+            (Err(TimedOut), Duration::from_secs(1))
+        );
+        assert!(matches!(*slot.0.lock().unwrap(), Slot::Empty));
     }
 }

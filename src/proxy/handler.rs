@@ -196,6 +196,11 @@ pub struct Exchange {
     /// The forwarded headers are still to be added to `up` (it carried
     /// none; see `prepare`).
     forwarded_later: bool,
+    /// The client speaks HTTP/1: its requests follow each other on one
+    /// task, so the route timeout can use the connection's kept timer.
+    /// (An HTTP/2 stream's task would be left registered in it, holding
+    /// the finished task's allocation until the timer next fired.)
+    keeps_timer: bool,
 }
 
 /// The route's policy for this request: termination, allowlist, rate
@@ -310,7 +315,8 @@ fn prepare(
     // client-certificate header among them is then handled as if present,
     // which puts the same headers in the map instead of the head.
     let names = Names::of(req.headers());
-    let wants_upgrade = req.version() <= http::Version::HTTP_11 && names.upgrade();
+    let keeps_timer = req.version() <= http::Version::HTTP_11;
+    let wants_upgrade = keeps_timer && names.upgrade();
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -400,6 +406,7 @@ fn prepare(
         route,
         host_value,
         forwarded_later,
+        keeps_timer,
     }
 }
 
@@ -635,7 +642,8 @@ impl Exchange {
                         &via,
                         extra,
                     ));
-                    super::deadline::within(&conn.route_timer, deadline, sending).await
+                    let timer = self.keeps_timer.then_some(&conn.route_timer);
+                    super::deadline::within(timer, deadline, sending).await
                 };
                 match answer {
                     // Boxed: the recovery's state (the error, the unsent
