@@ -46,9 +46,7 @@ impl TimerSlot {
         let mut slot = self.0.try_lock().ok()?;
         match std::mem::replace(&mut *slot, Slot::Lent) {
             Slot::Kept(mut t) => {
-                if t.is_elapsed() || t.deadline() > deadline {
-                    t.as_mut().reset(deadline);
-                }
+                arm_by(t.as_mut(), deadline);
                 Some(t)
             }
             Slot::Empty => Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -75,6 +73,16 @@ impl TimerSlot {
                 *slot = Slot::Empty;
             }
         }
+    }
+}
+
+/// Make `timer` fire no later than `at`: a timer still armed earlier is
+/// left as it is (its owner checks the real deadline when it fires and
+/// re-arms it), so a busy owner does not reset it, and take the timer
+/// wheel's lock, for every deadline it moves on to.
+pub fn arm_by(timer: Pin<&mut Sleep>, at: Instant) {
+    if timer.is_elapsed() || timer.deadline() > at {
+        timer.reset(at);
     }
 }
 

@@ -315,8 +315,8 @@ fn prepare(
     // client-certificate header among them is then handled as if present,
     // which puts the same headers in the map instead of the head.
     let names = Names::of(req.headers());
-    let keeps_timer = req.version() <= http::Version::HTTP_11;
-    let wants_upgrade = keeps_timer && names.upgrade();
+    let h1 = req.version() <= http::Version::HTTP_11;
+    let wants_upgrade = h1 && names.upgrade();
     let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -342,21 +342,20 @@ fn prepare(
             headers.insert(header::COOKIE, v);
         }
     }
-    let (ssl_named, forwarded_named) = (names.ssl_client, names.forwarded);
     // A request that carries no forwarded header gets the same ones under
     // every policy but `Never`; they are added when its connection is
     // known: written straight into the head by this crate's HTTP/1.1
     // client, put in the map for any other (`Exchange::forward`).
     // One that carries one gets them here, as its policy says.
     let policy = route.settings.forwarded;
-    let forwarded_later = policy != ForwardedPolicy::Never && !forwarded_named;
-    let forwarded_now = policy != ForwardedPolicy::Never && forwarded_named;
+    let forwarded_later = policy != ForwardedPolicy::Never && !names.forwarded;
+    let forwarded_now = policy != ForwardedPolicy::Never && names.forwarded;
     let _ = headers.try_reserve(if conn.tls { 2 } else { 0 } + if forwarded_now { 5 } else { 0 });
     // Client-certificate facts come from our handshake only, never from the
     // client's own headers.
     // (Looked up only when a name of that shape is present: two hashed
     // removals per request otherwise.)
-    if ssl_named {
+    if names.ssl_client {
         headers.remove(&X_SSL_CLIENT_DN);
         headers.remove(&X_SSL_CLIENT_VERIFY);
     }
@@ -406,7 +405,7 @@ fn prepare(
         route,
         host_value,
         forwarded_later,
-        keeps_timer,
+        keeps_timer: h1,
     }
 }
 

@@ -242,15 +242,11 @@ impl<I> ClientIo<I> {
                     first = first.min(self.deadlines.park);
                     self.park_at = Some(now + self.deadlines.park);
                 }
-                // A timer still armed no later than this stays as it is: it
-                // fires early and `fired` re-arms it for what is due then.
-                // On a busy keep-alive connection that is one re-arm per
-                // `first`, not a reset (the timer wheel's lock, a removal
-                // and an insertion: ~230 instructions) per request.
-                let at = now + first;
-                if self.timer.is_elapsed() || self.timer.deadline() > at {
-                    self.timer.as_mut().reset(at);
-                }
+                // Armed earlier already, it fires early and `fired` re-arms
+                // it for what is due then: on a busy keep-alive connection
+                // one re-arm per `first`, not a reset (~230 instructions)
+                // per request.
+                super::deadline::arm_by(self.timer.as_mut(), now + first);
             }
             Mode::Busy => {}
         }
